@@ -188,3 +188,33 @@ def simulate_fixed_batch(model: ModelSpec, hw: HardwareSpec, cost: CostModel,
                 iteration_p10_s=tm.duration_s, iteration_p90_s=tm.duration_s))
             t0 = tm.end_s + gap_s
     return rows
+
+
+def load_experiment_file(path: str | Path) -> tuple[ModelSpec, list[FixedBatchExperiment]]:
+    """The model and the ``experiments:`` list of a scenario file (the rest of the scenario is ignored
+    here; `sim.scenario` validates whole scenarios)."""
+    import yaml
+    from pydantic import TypeAdapter, ValidationError
+
+    from .model import get_model
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: scenario file not found") from None
+    if not isinstance(data, dict) or "model" not in data or "experiments" not in data:
+        raise ValueError(f"{path.name}: needs the keys 'model' and 'experiments'")
+    m = data["model"]
+    model_ref = m.get("name") or m.get("config") if isinstance(m, dict) else m
+    mpath = Path(str(model_ref))
+    if not mpath.is_absolute() and (path.parent / mpath).exists():
+        model_ref = str(path.parent / mpath)
+    model = get_model(str(model_ref))
+    try:
+        exps = TypeAdapter(list[FixedBatchExperiment]).validate_python(data["experiments"])
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ValueError(f"{path.name}: experiments.{loc}: {err['msg']}") from None
+    return model, exps
