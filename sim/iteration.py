@@ -58,6 +58,8 @@ class IterationTiming:
     end_s: float
     layers_end_s: float
     copy_bytes: float = 0.0
+    copy_first_s: float = -1.0  # start of the first host-link transfer (-1: none)
+    copy_last_s: float = -1.0  # end of the last one
     layer_start_s: list[float] = field(default_factory=list)
     layer_end_s: list[float] = field(default_factory=list)
     copies: list[tuple[int, float, float, float]] = field(default_factory=list)  # (layer, start, end, bytes)
@@ -122,8 +124,15 @@ def run_closed_form(t0: float, plan: OffloadPlan, compute_s: float, tasks: tuple
         else:
             t = t + compute_s
         ends.append(t)
-    # copies still queued after the last layer that needed them (none for valid plans) are not run
     timing = IterationTiming(t0, t + fixed_s, t, moved)
+    if nxt:
+        timing.copy_last_s = copy_end[nxt - 1]
+        first = tasks[0]
+        timing.copy_first_s = t0 if first.trigger == 0 else ends[first.trigger - 1]
+        if first.buffer_dep >= 0:
+            timing.copy_first_s = max(timing.copy_first_s, ends[first.buffer_dep])
+    elif uva:
+        timing.copy_first_s, timing.copy_last_s = t0, t
     if record:
         timing.layer_start_s = starts
         timing.layer_end_s = ends
@@ -154,7 +163,10 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
             if task.buffer_dep >= 0 and not done[task.buffer_dep].triggered:
                 yield done[task.buffer_dep]
             s = env.now
+            if timing.copy_first_s < 0:
+                timing.copy_first_s = s
             yield fabric.transfer(h2d, task.nbytes, latency_s, tag="weights")
+            timing.copy_last_s = env.now
             timing.copy_bytes += task.nbytes
             if record:
                 timing.copies.append((task.layer, s, env.now, task.nbytes))
@@ -178,6 +190,9 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
             read = fabric.transfer(h2d, b, latency_s, tag="uva")
             yield simpy.AllOf(env, [env.timeout(compute_s), read])
             timing.copy_bytes += b
+            if timing.copy_first_s < 0:
+                timing.copy_first_s = s
+            timing.copy_last_s = env.now
             if record:
                 timing.uva.append((l, s, read.value, b))  # type: ignore[arg-type]
         else:

@@ -1,0 +1,111 @@
+"""The Python API: run several policies on the same requests and get records, metrics and timelines.
+
+    from sim.api import simulate, SLO, PolicySpec
+    from sim.workload import SyntheticWorkload, Poisson, LogNormal
+    results = simulate("llama-2-7b", "h100-sxm", workload.generate(seed=1),
+                       [PolicySpec("none"), PolicySpec("selectn-static", {"interval": 8})],
+                       slo=SLO(ttft_s=2.0, tpot_s=0.1))
+    results["none"].summary["slo_attainment"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+
+from .cost import CostModel, RooflineCostModel
+from .deployment import Deployment, Progress, RunResult
+from .hardware import HardwareSpec, HardwareSpecError, get_hardware
+from .link import HostMemoryError
+from .memory import EngineConfig, ModelDoesNotFit
+from .metrics import requests_frame, series_frame, summarize
+from .model import ModelSpec, get_model
+from .plan import PlanError
+from .policies import make_policy
+from .timeline import Timeline
+from .workload import RequestSet
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Latency targets in seconds: time to first token, and mean time per output token."""
+
+    ttft_s: float = float("inf")
+    tpot_s: float = float("inf")
+
+    def __post_init__(self) -> None:
+        if self.ttft_s <= 0 or self.tpot_s <= 0:
+            raise ValueError(f"SLOs must be > 0, got ttft_s={self.ttft_s}, tpot_s={self.tpot_s}")
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A named policy to compare: registry ``kind`` plus its parameters, and optional per-policy engine
+    settings (e.g. ``{"preemption": "swap"}``)."""
+
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    engine: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass
+class PolicyRun:
+    """What `simulate` returns per policy."""
+
+    name: str
+    result: RunResult
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    series: pd.DataFrame
+
+    @property
+    def ok(self) -> bool:
+        return self.result.error is None
+
+
+def simulate(model: ModelSpec | str, hardware: HardwareSpec | str, requests: RequestSet,
+             policies: list[PolicySpec], *, slo: SLO = SLO(), cost: CostModel | None = None,
+             cost_factory: Callable[[ModelSpec, HardwareSpec], CostModel] | None = None,
+             engine: EngineConfig | None = None, num_gpus: int = 1, router: str = "round-robin",
+             until_s: float | None = None, timeline_max_spans: int | None = 200_000, detail_iterations: int = 20,
+             sample_interval_s: float = 0.25, progress: Callable[[str], Progress] | None = None,
+             ) -> dict[str, PolicyRun]:
+    """Run each policy on the same requests. A policy that cannot run (model does not fit, bad parameter,
+    host memory exhausted) gets a result with ``error`` set and the others still run. A Ctrl-C stops the
+    policy in progress (its partial result is kept, marked interrupted) and skips the rest."""
+    model = get_model(model) if isinstance(model, str) else model
+    hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
+    if cost is None:
+        cost = cost_factory(model, hw) if cost_factory else RooflineCostModel(model, hw)
+    base_engine = engine or EngineConfig()
+    names = [p.label for p in policies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"policy names must be unique, got {names}")
+    out: dict[str, PolicyRun] = {}
+    for spec in policies:
+        reqs = requests.to_requests(slo.ttft_s, slo.tpot_s)
+        tl = Timeline(max_spans=timeline_max_spans)
+        eng = EngineConfig(**{**base_engine.__dict__, **spec.engine}) if spec.engine else base_engine
+        try:
+            dep = Deployment(model, hw, cost, lambda s=spec: make_policy(s.kind, **s.params), eng, num_gpus,
+                             router, tl, detail_iterations, sample_interval_s)  # type: ignore[arg-type]
+        except (ModelDoesNotFit, PlanError, HostMemoryError, HardwareSpecError, ValueError, KeyError) as e:
+            msg = e.args[0] if e.args else str(e)
+            res = RunResult(spec.label, reqs, error=str(msg))
+            for r in reqs:
+                r.reject(f"policy could not run: {msg}", 0.0)
+            out[spec.label] = PolicyRun(spec.label, res, summarize(res), requests_frame(res), pd.DataFrame())
+            continue
+        res = dep.run(reqs, until_s, progress(spec.label) if progress else None, name=spec.label)
+        df = requests_frame(res)
+        out[spec.label] = PolicyRun(spec.label, res, summarize(res, df), df, series_frame(res))
+        if res.interrupted:
+            break
+    return out

@@ -1,0 +1,130 @@
+"""The offload-policy interface and the static policies of the core simulator.
+
+A policy decides, for one instance, where layer weights live. The engine asks it for an initial plan
+(which sizes GPU memory), before each iteration for the plan to run that iteration with, and whether to
+admit a request at all (a policy that can prove a request's SLO infeasible rejects it with the reason).
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..cost import BatchShape, CostModel
+from ..hardware import HardwareSpec
+from ..memory import EngineConfig
+from ..model import ModelSpec
+from ..plan import OffloadPlan, PlanError
+
+if TYPE_CHECKING:
+    from ..instance import Instance
+    from ..request import Request
+
+
+@dataclass(frozen=True)
+class InstanceContext:
+    """What a policy may know about the instance it serves."""
+
+    model: ModelSpec
+    hw: HardwareSpec
+    cost: CostModel
+    engine: EngineConfig
+    gpu: int
+    bus_gpus: tuple[int, ...] = ()  # GPUs sharing this GPU's upstream bus (including itself)
+
+
+class OffloadPolicy(ABC):
+    """Where layer weights live, iteration by iteration.
+
+    Subclasses set ``name`` and override `initial_plan`; dynamic policies also override `plan_for`
+    (called before every iteration with the batch about to run) and may override `admit`.
+    """
+
+    name: str = "policy"
+
+    def setup(self, ctx: InstanceContext) -> None:
+        self.ctx = ctx
+
+    def initial_plan(self) -> OffloadPlan:
+        raise NotImplementedError
+
+    def host_weight_bytes(self) -> float:
+        """Pinned host memory this policy needs for weights (allocated once at start-up)."""
+        return self.initial_plan().host_bytes(self.ctx.model)
+
+    def max_kv_plan(self) -> OffloadPlan:
+        """The plan with the most KV capacity this policy may ever use (for admission checks)."""
+        return self.initial_plan()
+
+    def plan_for(self, inst: "Instance", shape: BatchShape, now: float) -> OffloadPlan:
+        """The plan for the next iteration; static policies keep the current one."""
+        return inst.plan
+
+    def admit(self, inst: "Instance", req: "Request", now: float) -> str | None:
+        """None to admit; a reason string to reject the request for good."""
+        return None
+
+    @property
+    def uses_host_link(self) -> bool:
+        return self.host_weight_bytes() > 0
+
+    def describe(self) -> str:
+        return self.name
+
+
+class NoOffload(OffloadPolicy):
+    """All weights on the GPU."""
+
+    name = "none"
+
+    def initial_plan(self) -> OffloadPlan:
+        return OffloadPlan.resident(self.ctx.model.num_layers)
+
+
+class DeepSpeed(OffloadPolicy):
+    """ZeRO-Inference style: every layer streamed from host memory each iteration, one layer ahead."""
+
+    name = "deepspeed"
+
+    def initial_plan(self) -> OffloadPlan:
+        return OffloadPlan.deepspeed(self.ctx.model.num_layers)
+
+
+class Uva(OffloadPolicy):
+    """vLLM ``--cpu-offload-gb``: ``offload_gib`` of weights (whole layers from the first) read over the host
+    link by the kernels themselves; no prefetch, so each such layer takes max(compute, bytes / link)."""
+
+    name = "uva"
+
+    def __init__(self, offload_gib: float) -> None:
+        if offload_gib < 0:
+            raise ValueError(f"offload_gib must be >= 0, got {offload_gib}")
+        self.offload_gib = offload_gib
+
+    def initial_plan(self) -> OffloadPlan:
+        return OffloadPlan.uva_bytes(self.ctx.model, self.offload_gib * 2**30)
+
+    def describe(self) -> str:
+        return f"uva({self.offload_gib:g} GiB)"
+
+
+class SelectNStatic(OffloadPolicy):
+    """Select-N's plan with a fixed interval (no online control)."""
+
+    name = "selectn-static"
+
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+
+    def setup(self, ctx: InstanceContext) -> None:
+        super().setup(ctx)
+        if not 1 <= self.interval <= ctx.model.num_layers:
+            raise PlanError(f"selectn-static: interval must be in [1, {ctx.model.num_layers}] for "
+                            f"{ctx.model.name}, got {self.interval}")
+
+    def initial_plan(self) -> OffloadPlan:
+        return OffloadPlan.select_n(self.ctx.model.num_layers, self.interval)
+
+    def describe(self) -> str:
+        return f"selectn-static(i={self.interval})"
