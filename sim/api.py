@@ -23,6 +23,7 @@ from .memory import EngineConfig, ModelDoesNotFit
 from .metrics import requests_frame, series_frame, summarize
 from .model import ModelSpec, get_model
 from .plan import PlanError
+from .handlers import make_handler
 from .policies import make_policy
 from .timeline import Timeline
 from .workload import RequestSet
@@ -42,13 +43,16 @@ class SLO:
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """A named policy to compare: registry ``kind`` plus its parameters, and optional per-policy engine
-    settings (e.g. ``{"preemption": "swap"}``)."""
+    """A named configuration to compare: an offload policy (registry ``kind`` plus ``params``), an
+    optional overload handler (`sim.handlers` registry name plus ``handler_params``) and optional
+    per-policy engine settings (e.g. ``{"max_num_seqs": 64}``)."""
 
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     engine: dict[str, Any] = field(default_factory=dict)
+    handler: str | None = None
+    handler_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -92,10 +96,14 @@ def simulate(model: ModelSpec | str, hardware: HardwareSpec | str, requests: Req
     for spec in policies:
         reqs = requests.to_requests(slo.ttft_s, slo.tpot_s)
         tl = Timeline(max_spans=timeline_max_spans)
-        eng = EngineConfig(**{**base_engine.__dict__, **spec.engine}) if spec.engine else base_engine
         try:
+            handler = make_handler(spec.handler, **spec.handler_params) if spec.handler else None
+            overrides = {**(handler.engine_overrides() if handler else {}), **spec.engine}
+            eng = EngineConfig(**{**base_engine.__dict__, **overrides}) if overrides else base_engine
             dep = Deployment(model, hw, cost, lambda s=spec: make_policy(s.kind, **s.params), eng, num_gpus,
                              router, tl, detail_iterations, sample_interval_s)  # type: ignore[arg-type]
+            if handler is not None:
+                handler.attach(dep)
         except (ModelDoesNotFit, PlanError, HostMemoryError, HardwareSpecError, ValueError, KeyError) as e:
             msg = e.args[0] if e.args else str(e)
             res = RunResult(spec.label, reqs, error=str(msg))

@@ -59,10 +59,11 @@ class Deployment:
         self.hosts = [HostMemory(hw.host_memory_bytes) for _ in range(n_nodes)]
         self.router = router
         self.instances: list[Instance] = []
+        self.shared: dict = {"instances": self.instances, "env": self.env, "fabric": self.fabric}
         for g in range(num_gpus):
             bus = g // hw.gpus_per_bus
             bus_gpus = tuple(x for x in range(num_gpus) if x // hw.gpus_per_bus == bus)
-            ctx = InstanceContext(model, hw, cost, self.engine, g, bus_gpus)
+            ctx = InstanceContext(model, hw, cost, self.engine, g, bus_gpus, self.shared)
             self.instances.append(Instance(self.env, ctx, policy_factory(), self.fabric,
                                            self.hosts[g // hw.gpus_per_node], timeline, detail_iterations,
                                            sample_interval_s))

@@ -25,7 +25,7 @@ from .timeline import Timeline
 
 SAMPLE_FIELDS = ("time_s", "gpu", "waiting", "running", "swapped", "kv_used_blocks", "kv_total_blocks",
                  "weights_bytes", "staging_bytes", "workspace_bytes", "kv_pool_bytes", "kv_used_bytes",
-                 "usable_bytes", "host_used_bytes", "h2d_bytes_total", "d2h_bytes_total",
+                 "usable_bytes", "host_used_bytes", "h2d_bytes_total", "d2h_bytes_total", "bus_h2d_bytes_total",
                  "offloaded_layers", "interval", "batch_tokens", "decode_seqs", "iteration_s")
 
 
@@ -66,6 +66,7 @@ class Instance:
         self.busy_s = 0.0
         self.plan_changes = 0
         self.event_iterations = 0
+        self.debug_checks = False  # tests: check memory and block invariants every iteration
         self.peak_gpu_bytes = self.gpu_memory_used()
         self.track = f"gpu{self.gpu}"
 
@@ -159,6 +160,8 @@ class Instance:
                 yield self._wake
                 self._wake = None
                 continue
+            if self.debug_checks:
+                self.check_invariants()
             used = self.gpu_memory_used()
             if used > self.peak_gpu_bytes:
                 self.peak_gpu_bytes = used
@@ -245,7 +248,7 @@ class Instance:
                 lay.weights_bytes, lay.staging_bytes, lay.workspace_bytes, lay.kv_pool_bytes,
                 bm.used * lay.block_bytes, lay.usable_bytes, self.host.used_bytes,
                 self.fabric.bytes_moved[self.h2d_route[0]], self.fabric.bytes_moved[self.d2h_route[0]],
-                self.plan.num_offloaded, self.plan.interval or 0,
+                self.fabric.bytes_moved[self.h2d_route[1]], self.plan.num_offloaded, self.plan.interval or 0,
                 shape.tokens if shape else 0, shape.decode_tokens if shape else 0, iteration_s)
 
     def gpu_memory_used(self) -> float:

@@ -8,7 +8,7 @@ admit a request at all (a policy that can prove a request's SLO infeasible rejec
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..cost import BatchShape, CostModel
@@ -32,6 +32,9 @@ class InstanceContext:
     engine: EngineConfig
     gpu: int
     bus_gpus: tuple[int, ...] = ()  # GPUs sharing this GPU's upstream bus (including itself)
+    # One dict per deployment, shared by all its instances' policies (e.g. a per-bus coordinator);
+    # the deployment puts its instance list under "instances".
+    shared: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 class OffloadPolicy(ABC):

@@ -1,0 +1,31 @@
+"""Memory-overload handlers by name: what a deployment does when KV demand exceeds GPU memory.
+
+``recompute`` and ``swap`` are vLLM's preemption modes (engine settings). Handlers that act across
+instances (migration, parameter dropping) attach a controller process to the deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import OverloadHandler, Recompute, Swap
+
+HandlerFactory = Callable[..., OverloadHandler]
+
+REGISTRY: dict[str, HandlerFactory] = {"recompute": Recompute, "swap": Swap}
+
+
+def register(name: str, factory: HandlerFactory) -> None:
+    REGISTRY[name] = factory
+
+
+def make_handler(kind: str, **params: Any) -> OverloadHandler:
+    if kind not in REGISTRY:
+        raise KeyError(f"unknown overload handler {kind!r}: allowed are {', '.join(sorted(REGISTRY))}")
+    try:
+        return REGISTRY[kind](**params)
+    except TypeError as e:
+        raise ValueError(f"handler {kind!r}: bad parameters {params} ({e})") from None
+
+
+__all__ = ["REGISTRY", "register", "make_handler", "OverloadHandler", "Recompute", "Swap"]
