@@ -274,7 +274,8 @@ class OffloadExecutor:
                     dep = done[t.buffer_dep] if t.buffer_dep >= 0 else self._buf_release[b]
                     if dep is not None:
                         S.wait("copy", dep)
-                    dst, src, kind, nb = self._staging[b][:self.numel - split], host[t.layer][split:], "copy", part_bytes
+                    dst, src = self._staging[b][:self.numel - split], host[t.layer][split:]
+                    kind, nb = "copy", part_bytes
                     buffer_of[t.layer] = b
                 c0 = S.record("copy", "copy_start", t.layer)
                 S.copy("copy", dst, src)

@@ -83,20 +83,27 @@ def profile_layers(b: LayerBench, grid: list[tuple[str, int, int]], repeats: int
     H, Hkv, D, h = s.num_heads, s.num_kv_heads, s.head_dim, s.hidden_size
     for phase, B, C in grid:
         new = C if phase == "prefill" else 1
+        kv = None
         try:
             kv, inp = b.case(B, C, new)
-            run = b.layer(kv, inp)
-            lt = time_calls(run, b.device, repeats, warmup, setup=lambda: (b.randn(B, new, h),))
-            at = time_calls(lambda q, k, v: attention(s, q, k, v, kv, inp), b.device, repeats, warmup,
-                            setup=lambda: (b.randn(B, H, new, D), b.randn(B, Hkv, new, D), b.randn(B, Hkv, new, D)))
+            cache, step = kv, inp  # bound for the closures below
+
+            def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return attention(s, q, k, v, cache, step)
 
             def rest(x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-                pre_attention(s, b.lw, x, inp, b.rope)
+                pre_attention(s, b.lw, x, step, b.rope)
                 return post_attention(s, b.lw, x, o)
-            rt = time_calls(rest, b.device, repeats, warmup, setup=lambda: (b.randn(B, new, h), b.randn(B, new, H * D)))
+
+            x_shape, q_shape, kv_shape = (B, new, h), (B, H, new, D), (B, Hkv, new, D)
+            lt = time_calls(b.layer(kv, inp), b.device, repeats, warmup, setup=lambda: (b.randn(*x_shape),))
+            at = time_calls(attn, b.device, repeats, warmup,
+                            setup=lambda: (b.randn(*q_shape), b.randn(*kv_shape), b.randn(*kv_shape)))
+            rt = time_calls(rest, b.device, repeats, warmup,
+                            setup=lambda: (b.randn(*x_shape), b.randn(B, new, H * D)))
         except torch.OutOfMemoryError:
             skipped.append(f"layer {phase} B={B} C={C}")
-            del kv
+            kv = None
             _free(b.device)
             continue
         med, p10, p90 = summarize(lt)
@@ -223,6 +230,7 @@ def profile_microbatches(b: LayerBench, batches: list[int], contexts: list[int],
                 if B % m:
                     continue
                 n = B // m
+                kv = None
                 try:
                     kv, _ = b.case(B, C, 1)
                     inp = StepInputs.build(torch.ones(n, 1, dtype=torch.long), [C - 1] * n, b.device)
@@ -235,6 +243,7 @@ def profile_microbatches(b: LayerBench, batches: list[int], contexts: list[int],
                     t = summarize(time_calls(run, b.device, repeats, warmup, setup=lambda: (b.randn(B, 1, h),)))[0]
                 except torch.OutOfMemoryError:
                     skipped.append(f"microbatch B={B} C={C} m={m}")
+                    kv = None
                     _free(b.device)
                     continue
                 base = t if m == 1 else base
@@ -288,7 +297,10 @@ def main(argv: list[str] | None = None) -> Path:
     for phase in phases:
         if phase not in ("prefill", "decode"):
             raise SystemExit(f"--phases: {phase!r} is not prefill or decode")
-        bs, cs = (a.prefill_batches, a.prefill_contexts) if phase == "prefill" else (a.decode_batches, a.decode_contexts)
+        if phase == "prefill":
+            bs, cs = a.prefill_batches, a.prefill_contexts
+        else:
+            bs, cs = a.decode_batches, a.decode_contexts
         for B in _ints(bs):
             for C in _ints(cs):
                 if C > spec.max_position:
@@ -303,13 +315,15 @@ def main(argv: list[str] | None = None) -> Path:
         del bench
         _free(device)
         copy_rows = profile_copies(device, dtype, _ints(a.copy_sizes), a.repeats, a.warmup, skipped)
-    prov = provenance(device, dtype, command_line("backend.profile", argv), model=spec.name, layer_bytes=spec.weight_bytes_per_layer,
+    prov = provenance(device, dtype, command_line("backend.profile", argv), model=spec.name,
+                      layer_bytes=spec.weight_bytes_per_layer,
                       repeats=a.repeats, warmup=a.warmup, statistic="median over repeats",
                       skipped="; ".join(skipped) or "none")
     write_csv(a.out / "layer_times.csv", layer_rows, LAYER_COLUMNS,
               {**prov, "columns": "context_tokens and new_tokens are per request; times in seconds"})
     write_csv(a.out / "copy_bandwidth.csv", copy_rows, COPY_COLUMNS,
-              {**prov, "columns": "seconds: median time of one copy of size_bytes; gb_per_s = size_bytes / seconds / 1e9"})
+              {**prov, "columns": "seconds: median time of one copy of size_bytes; "
+                                  "gb_per_s = size_bytes / seconds / 1e9"})
     write_csv(a.out / "microbatch.csv", micro_rows, MICRO_COLUMNS,
               {**prov, "columns": "layer_s: all micro-batches of one decode layer; overhead_ratio = layer_s / "
                                   "layer_s at num_microbatches=1"})

@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> Path:
                 torch.cuda.empty_cache()
     write_rows(out / "iterations.csv", rows)
     tl.write_chrome_trace(out / "timeline.json", process_name="memslo-backend")
-    prov = provenance(device, weights.dtype, command_line("backend.run", argv), scenario=str(a.scenario), model=model.name,
-                      num_layers=model.num_layers, layer_bytes=weights.layer_bytes, seed=a.seed,
+    prov = provenance(device, weights.dtype, command_line("backend.run", argv), scenario=str(a.scenario),
+                      model=model.name, num_layers=model.num_layers, layer_bytes=weights.layer_bytes, seed=a.seed,
                       warmup=a.warmup, uva_impl=ex.uva_impl, skipped=skipped, wall_s=time.perf_counter() - started)
     (out / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
