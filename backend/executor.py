@@ -110,7 +110,14 @@ def host_alias(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     through ``__cuda_array_interface__`` (``torch.as_tensor``), after checking with
     ``cudaPointerGetAttributes`` that the pointer is known to CUDA (pinned host memory is). The bytes are
     wrapped as uint8 and viewed back as the weight dtype because the interface has no bfloat16 type.
-    Raises RuntimeError if torch copied instead of aliasing.
+    Raises RuntimeError if torch copied instead of aliasing (``as_tensor`` copies when the pointer's device
+    differs from ``device``).
+
+    Cost: a kernel reads each weight byte over the host link as often as it loads it. A decode GEMM with a
+    few tokens loads every weight tile about once, so the layer runs at about bytes / link bandwidth, as the
+    simulator's uva model assumes; a prefill GEMM re-reads weight tiles once per block of tokens, so uva
+    prefill is several times slower than that model. Not verified on a GPU in this repository yet: the
+    ``gpu`` tests check the aliasing and the logits.
     """
     nbytes = host.numel() * host.element_size()
 

@@ -3,6 +3,7 @@ dependency checks every recorded iteration must pass."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -15,6 +16,8 @@ from sim.model import ModelSpec
 from sim.plan import OffloadPlan
 
 L = 5
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "scenarios" / "backend_smoke.yaml"
 
 
 def small_spec(arch: str = "llama", layers: int = L) -> ModelSpec:

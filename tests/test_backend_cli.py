@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
-
 from backend import profile, run
 from backend.timing import read_csv
+from backend_cases import ROOT, SMOKE
 from sim.experiments import load_experiment_file, read_rows
 from sim.timeline import Timeline
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "scenarios" / "backend_smoke.yaml"
 PROVENANCE = {"device", "gpu", "driver", "torch", "cuda", "date", "command", "dtype"}
 
 

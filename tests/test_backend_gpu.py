@@ -9,10 +9,9 @@ from backend import profile, run
 from backend.executor import OffloadExecutor, host_alias
 from backend.timing import read_csv
 from backend.weights import ModelWeights
-from backend_cases import L, check_dependencies, plan_sequences, prefill_then_decode, small_spec
+from backend_cases import L, ROOT, SMOKE, check_dependencies, plan_sequences, prefill_then_decode, small_spec
 from sim.experiments import read_rows
 from sim.plan import OffloadPlan
-from test_backend_cli import ROOT, SMOKE
 
 pytestmark = pytest.mark.gpu
 
