@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from backend import profile, run
 from backend.timing import read_csv
-from backend_cases import ROOT, SMOKE
+from .backend_cases import ROOT, SMOKE
 from sim.experiments import load_experiment_file, read_rows
 from sim.timeline import Timeline
 

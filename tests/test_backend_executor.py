@@ -13,7 +13,7 @@ from backend.executor import OffloadExecutor
 from backend.kv import PaddedKVCache, StepInputs
 from backend.streams import HostStreams
 from backend.weights import ModelWeights
-from backend_cases import L, check_dependencies, plan_sequences, prefill_then_decode, small_spec
+from .backend_cases import L, check_dependencies, plan_sequences, prefill_then_decode, small_spec
 from sim.iteration import compile_copies, run_closed_form
 from sim.plan import OffloadPlan
 

@@ -10,7 +10,7 @@ import torch
 from backend.kv import PaddedKVCache, StepInputs
 from backend.model import attention, linear
 from backend.weights import LayerLayout, ModelWeights, SplitRows
-from backend_cases import PROMPTS, small_spec
+from .backend_cases import PROMPTS, small_spec
 from backend.executor import OffloadExecutor
 from sim.model import PRESETS
 from sim.plan import OffloadPlan
