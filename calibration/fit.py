@@ -54,6 +54,7 @@ PARAM_SPECS: dict[str, tuple[float, float, float, str]] = {
     "l2_spill_penalty": (0.5, 0.0, 5.0, "main"),
     "attention_efficiency": (0.5, 0.02, 1.0, "attention"),
     "attention_memory_efficiency": (0.7, 0.05, 1.0, "attention"),
+    "attention_overhead_s": (5e-6, 0.0, 1e-4, "attention"),
 }
 
 
@@ -239,8 +240,9 @@ def build_profile(paths: Sequence[str | Path], gpu: str, command: str, loo: bool
     if len(loo_df):
         residuals["leave_one_model_out"] = {"metric": "|rel. error| of the layer's non-attention time",
                                             **loo_summary(loo_df)}
-    files = [{"name": p.name, "sha256": sha256(p),
-              "rows": int((t["source"] == p.name).sum()) if p.name in set(t["source"]) else 0} for p in used]
+    copy_sources = set(gpu_copy["source"]) if not gpu_copy.empty else set()
+    files = [{"name": p.name, "sha256": sha256(p), "rows": int((t["source"] == p.name).sum())}
+             for p in used if p.name in set(t["source"]) or p.name in copy_sources]
     prov = {"fit_date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "command": command, "data_files": files, "models": sorted(t["model"].unique()),
             "loss": f"{LOSS} (f_scale {F_SCALE}) on relative residuals, staged",

@@ -194,7 +194,7 @@ def sniff(path: str | Path) -> str:
                 break
         else:
             header = ""
-    if "time_stats." in header:
+    if "time_stats.attn_pre_proj" in header and "num_tokens" in header:
         return "vidur"
     if "layer_s" in header and "linear_s" in header:
         return "layer_times"
@@ -204,11 +204,17 @@ def sniff(path: str | Path) -> str:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; a folder contributes its CSVs (e.g. ``calibration/data/h100-sxm/``)."""
+    """Files as given; a folder contributes the CSVs in it that are measurement files (e.g.
+    ``calibration/data/h100-sxm/`` or ``../shared/data/measurements/vidur``)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(p.rglob("*.csv")))
+            for f in sorted(p.rglob("*.csv")):
+                try:
+                    sniff(f)
+                except MeasurementError:
+                    continue
+                out.append(f)
         elif p.exists():
             out.append(p)
         else:

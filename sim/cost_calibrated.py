@@ -21,7 +21,8 @@ Physics of one decoder layer (everything outside attention is what Vidur's ``lin
   overhead, a per-row latency for the one-block-per-token kernels (norms, activation: proportional to the
   row width) and bytes over ``hbm * <kind>_efficiency``; traffic beyond the L2 capacity is slower by a
   factor ``1 + l2_spill_penalty * (1 - L2/bytes)``.
-- **Attention** as the roofline model (FLOP-bound prefill, KV-read-bound decode) with its own efficiencies.
+- **Attention** as the roofline model (FLOP-bound prefill, KV-read-bound decode) with its own efficiencies
+  and kernel overhead (fitted only from data that times attention: the backend profiler's ``attn_s``).
 
 All parameters are per FLOP, per byte or per kernel, shared by every model shape on the GPU, so a profile
 fitted on one model predicts another. Functions here accept numpy arrays so the fitter evaluates the same
@@ -99,6 +100,7 @@ class CalibratedParams:
     l2_spill_penalty: float = 0.4
     attention_efficiency: float = 0.5
     attention_memory_efficiency: float = 0.7
+    attention_overhead_s: float = 5e-6
     iteration_overhead_s: float = 1e-3
 
     @classmethod
@@ -135,7 +137,8 @@ class Profile:
             self.constants = gpu_constants(self.gpu)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": PROFILE_FORMAT, "gpu": self.gpu, "params": asdict(self.params),
+        params = {k: float(f"{v:.6g}") for k, v in asdict(self.params).items()}
+        return {"format": PROFILE_FORMAT, "gpu": self.gpu, "params": params,
                 "constants": asdict(self.constants), "link": dict(self.link),
                 "residuals": self.residuals, "provenance": self.provenance}
 
@@ -198,21 +201,33 @@ def load_profile(path: str | Path) -> Profile:
 
 # --- physics (numpy-vectorised) ------------------------------------------------------------------------
 
-def gemm_dram_bytes(m: Any, k: float, n: float, l2_bytes: float, dtype_bytes: int = 2) -> Any:
-    """DRAM bytes of an M x K by K x N GEMM with L2 blocking: blocks of Mb rows and Nb columns whose K-long
-    panels fit in L2 together; each block row re-reads B, each block column re-reads A."""
+def gemm_dram_bytes(m: Any, k: float, n: float, c: GpuConstants, dtype_bytes: int = 2) -> Any:
+    """DRAM bytes of an M x K by K x N GEMM. Two bounds on operand re-reads, the smaller holds:
+    - L2 blocking: blocks of Mb rows and Nb columns whose K-long panels fit in L2 together; each block row
+      re-reads B and each block column re-reads A;
+    - one wave: the SMs' concurrent output tiles share their A rows and B columns through L2, and nothing
+      survives from one wave to the next.
+    Never less than reading A and B once and writing C once."""
     m = np.asarray(m, dtype=float)
-    lines = l2_bytes / (k * dtype_bytes)  # rows + columns of K-long panels that fit in L2
+    once = m * k + k * n + m * n
+    lines = c.l2_bytes / (k * dtype_bytes)  # rows + columns of K-long panels that fit in L2
     mb = np.maximum(np.minimum(m, max(lines / 2, lines - n)), 1.0)
     nb = np.minimum(n, np.maximum(lines - mb, 1.0))
-    return dtype_bytes * (k * n * np.maximum(1.0, m / mb) + m * k * np.maximum(1.0, n / nb) + m * n)
+    blocked = k * n * np.maximum(1.0, m / mb) + m * k * np.maximum(1.0, n / nb) + m * n
+    tm = np.where(m <= c.small_m_max, c.small_tile_m, c.tile_m)
+    tiles_m, tiles_n = np.ceil(m / tm), math.ceil(n / c.tile_n)
+    a = np.minimum(tiles_m, math.sqrt(c.sm_count * c.tile_n / c.tile_m))  # tile rows per wave
+    b = np.minimum(tiles_n, c.sm_count / np.maximum(a, 1.0))  # tile columns per wave
+    waves = tiles_m * tiles_n / (a * b)
+    per_wave = (a * tm + b * c.tile_n) * k
+    return dtype_bytes * np.maximum(once, np.minimum(blocked, waves * per_wave + m * n))
 
 
 def gemm_time(m: Any, k: float, n: float, hw: HardwareSpec, c: GpuConstants, p: CalibratedParams,
               dtype_bytes: int = 2) -> Any:
     """Time of one weight GEMM for ``m`` tokens (array or scalar)."""
     m = np.asarray(m, dtype=float)
-    t_mem = gemm_dram_bytes(m, k, n, c.l2_bytes, dtype_bytes) / (hw.hbm_bytes_per_s * p.memory_efficiency)
+    t_mem = gemm_dram_bytes(m, k, n, c, dtype_bytes) / (hw.hbm_bytes_per_s * p.memory_efficiency)
     tm = np.where(m <= c.small_m_max, c.small_tile_m, c.tile_m)
     waves = np.ceil(m / tm) * math.ceil(n / c.tile_n) / c.sm_count
     waves = waves + p.wave_quantization * (np.ceil(waves) - waves)
@@ -234,7 +249,7 @@ def elementwise_time(nbytes: Any, row_width: float, kind: str, hw: HardwareSpec,
               "add": p.add_overhead_s}[kind]
     spill = np.maximum(0.0, 1.0 - c.l2_bytes / np.maximum(nbytes, 1.0))
     t_bytes = nbytes / (hw.hbm_bytes_per_s * eff) * (1.0 + p.l2_spill_penalty * spill)
-    return launch + p.row_latency_s_per_element * row_width + t_bytes
+    return launch + np.maximum(p.row_latency_s_per_element * row_width, t_bytes)
 
 
 def layer_gemms(model: ModelSpec) -> dict[str, tuple[int, int]]:
@@ -284,7 +299,7 @@ class CalibratedCostModel:
             model, hw, compute_efficiency=min(1.0, max(1e-3, self.p.compute_efficiency)),
             memory_efficiency=min(1.0, max(1e-3, self.p.attention_memory_efficiency)),
             attention_efficiency=min(1.0, max(1e-3, self.p.attention_efficiency)),
-            kernel_overhead_s=self.p.gemm_overhead_s)
+            kernel_overhead_s=self.p.attention_overhead_s)
 
     # --- pieces ---------------------------------------------------------------------------------------
     def op_times(self, tokens: Any) -> dict[str, Any]:
