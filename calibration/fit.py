@@ -64,6 +64,7 @@ class FitResult:
     params: CalibratedParams
     table: pd.DataFrame  # the rows fitted, with predicted_s and rel_err
     cost: float
+    fitted: list[str]  # parameters the data constrained; the others keep their defaults
 
     def stats(self) -> dict:
         return residual_stats(self.table)
@@ -153,23 +154,26 @@ def fit_params(table: pd.DataFrame, gpu: str, models: Sequence[str] | None = Non
         raise ValueError(f"no measurements for GPU {gpu!r}" + (f" and models {list(models)}" if models else ""))
     base = CalibratedParams(**{n: s[0] for n, s in PARAM_SPECS.items()})
     alt = [{}, {"knee_sharpness": 8.0, "wave_quantization": 0.1, "compute_efficiency": 0.8}][:max(1, starts)]
-    cost = 0.0
+    cost, fitted = 0.0, []
     lin = rows[rows["op_group"] != "attention"]
     small = lin[lin["batch_tokens"] <= SMALL_TOKENS]
     if not small.empty:
         names = [n for n, s in PARAM_SPECS.items() if s[3] == "small"]
         base, _ = _solve(names, base, small, gpu, [{}])
+        fitted += names
     if not lin.empty:
         names = [n for n, s in PARAM_SPECS.items() if s[3] == "main"]
         base, cost = _solve(names, base, lin, gpu, alt)
+        fitted += names
     att = rows[rows["op_group"] == "attention"]
     if not att.empty:
         names = [n for n, s in PARAM_SPECS.items() if s[3] == "attention"]
         base, _ = _solve(names, base, att, gpu, [{}])
+        fitted += names
     out = t[t["op_group"].isin(rows["op_group"].unique()) | (t["op_group"] == "linear")].copy()
     out["predicted_s"] = predict(out, gpu, base)
     out["rel_err"] = out["predicted_s"] / out["measured_s"] - 1.0
-    return FitResult(gpu, base, out, cost)
+    return FitResult(gpu, base, out, cost, fitted)
 
 
 def leave_one_model_out(table: pd.DataFrame, gpu: str, group: str = "linear",
@@ -246,6 +250,8 @@ def build_profile(paths: Sequence[str | Path], gpu: str, command: str, loo: bool
     prov = {"fit_date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "command": command, "data_files": files, "models": sorted(t["model"].unique()),
             "loss": f"{LOSS} (f_scale {F_SCALE}) on relative residuals, staged",
+            "fitted_params": fit.fitted,
+            "default_params": [n for n in asdict(fit.params) if n not in fit.fitted],
             "note": "Vidur rows: tp=1, per-op medians; a token count measured twice is averaged."}
     prof = Profile(gpu=gpu, params=fit.params, constants=gpu_constants(gpu), link=fit_link(gpu_copy),
                    residuals=residuals, provenance=prov)

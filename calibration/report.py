@@ -128,8 +128,9 @@ def gpu_section(table: pd.DataFrame, gpu: str) -> tuple[str, list[go.Figure]]:
     fit = fit_params(table, gpu)
     figs = [fig_measured_vs_predicted(fit), fig_residuals(fit)]
     parts = [f"<h2>{html.escape(gpu)}</h2>",
-             f"<p>Models: {', '.join(sorted(fit.table['model'].unique()))}. Rows fitted: {len(fit.table)}.</p>"]
-    parts.append(_table_html([[k, _fmt(v)] for k, v in asdict(fit.params).items()], ["parameter", "value"]))
+             f"<p>Models: {', '.join(sorted(fit.table['model'].unique()))}. Rows: {len(fit.table)}.</p>"]
+    parts.append(_table_html([[k, _fmt(v), "fitted" if k in fit.fitted else "default (no data for it)"]
+                              for k, v in asdict(fit.params).items()], ["parameter", "value", ""]))
     stats = fit.stats()
     parts.append("<h3>Fit residuals (all models)</h3>" + _table_html(
         [[g, f"{s['median']:.1%}", f"{s['p90']:.1%}", f"{s['max']:.1%}", s["n"]] for g, s in stats.items()],

@@ -295,6 +295,7 @@ class CalibratedCostModel:
         self.p: CalibratedParams = profile.params
         self.c: GpuConstants = profile.constants  # type: ignore[assignment]
         self._linear = lru_cache(maxsize=65536)(self._linear_uncached)
+        self._fixed = lru_cache(maxsize=65536)(self._fixed_uncached)
         self._attn = RooflineCostModel(
             model, hw, compute_efficiency=min(1.0, max(1e-3, self.p.compute_efficiency)),
             memory_efficiency=min(1.0, max(1e-3, self.p.attention_memory_efficiency)),
@@ -330,9 +331,10 @@ class CalibratedCostModel:
         return self.linear_time(shape.prefill_tokens + shape.decode_tokens) + self.attention_time(shape)
 
     def fixed_time(self, shape: BatchShape) -> float:
+        return self._fixed(shape.prefill_seqs + shape.decode_tokens, shape.prefill_tokens + shape.decode_tokens)
+
+    def _fixed_uncached(self, seqs: int, tokens: int) -> float:
         m, p, c = self.model, self.p, self.c
-        seqs = shape.prefill_seqs + shape.decode_tokens
-        tokens = shape.prefill_tokens + shape.decode_tokens
         if tokens == 0:
             return p.iteration_overhead_s
         lm_head = float(gemm_time(seqs, m.hidden_size, m.vocab_size, self.hw, c, p, m.dtype_bytes))
