@@ -92,8 +92,9 @@ def test_profile_changes_simulated_iterations():
     roof = simulate_fixed_batch(model, hw, make_cost_model(model, hw), exps)
     cal_model = make_cost_model(model, hw, "calibration/profiles/h100-sxm.yaml")
     cal = simulate_fixed_batch(model, hw, cal_model, exps)
+    assert any(c.iteration_s != pytest.approx(r.iteration_s, rel=0.01) for r, c in zip(roof, cal))
     for r, c, e in zip(roof, cal, exps):
-        assert c.iteration_s != pytest.approx(r.iteration_s, rel=0.01)
+        assert c.iteration_s != r.iteration_s
         expect = model.num_layers * cal_model.layer_time(e.shape()) + cal_model.fixed_time(e.shape())
         assert c.iteration_s == pytest.approx(expect, rel=1e-9)
 
@@ -109,3 +110,25 @@ def test_vectorised_and_scalar_agree():
     # monotone in tokens for the layer total
     t = [cm.linear_time(n) for n in range(1, 4097, 37)]
     assert all(b >= a * 0.999 for a, b in zip(t, t[1:]))
+
+
+def test_scenario_names_a_profile(tmp_path):
+    """`hardware: {gpu, profile}` in a scenario switches the simulator to the calibrated cost model."""
+    from sim.scenario import load_scenario
+
+    body = """
+model: llama-2-7b
+hardware: {{gpu: h100-sxm{prof}}}
+workload: {{duration_s: 5, arrivals: {{kind: poisson, rate_per_s: 2}}, prompt: {{kind: fixed, value: 512}},
+           output: {{kind: fixed, value: 16}}}}
+compare: [{{name: none}}]
+"""
+    prof = Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "h100-sxm.yaml"
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(body.format(prof=""))
+    b.write_text(body.format(prof=f", profile: {prof}"))
+    la, lb = load_scenario(a), load_scenario(b)
+    assert isinstance(lb.cost, CalibratedCostModel) and not isinstance(la.cost, CalibratedCostModel)
+    ta = la.simulate()["none"].requests.ttft_s
+    tb = lb.simulate()["none"].requests.ttft_s
+    assert (ta != tb).all()
