@@ -49,11 +49,16 @@ def clean(obj: Any) -> Any:
 
 
 def policy_metrics(run: "PolicyRun") -> dict[str, Any]:
-    """A policy's summary without wall-clock values; a policy that could not run has every request rejected."""
+    """A policy's summary without wall-clock values. A policy that could not run keeps the contract's keys:
+    every request rejected, nothing served, ``error`` saying why."""
     s = {k: v for k, v in run.summary.items() if k != "wall_s"}
     if s.get("error") is not None:
         n = s.get("requests", len(run.requests))
-        s.update({"requests": n, "finished": 0, "rejected": n})
+        none = {"p50": None, "p90": None, "p99": None, "max": None}
+        s = {"requests": n, "finished": 0, "rejected": n, "throughput_tokens_per_s": 0.0,
+             "throughput_requests_per_s": 0.0, "slo_attainment": 0.0, "ttft_s": none, "tpot_s": none,
+             "e2e_s": none, "gpu_memory_peak_bytes": 0.0, "host_memory_peak_bytes": 0.0,
+             "pcie_h2d_utilization": 0.0, "preemptions": 0, "simulated_s": 0.0, "interrupted": False, **s}
     return s
 
 

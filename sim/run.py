@@ -114,7 +114,7 @@ def _all_failed(path: Path, loaded: Any, runs: dict[str, Any]) -> str:
     if all("does not fit" in e for _, _, e in errs):
         return f"{path.name}: model: {loaded.model.name} cannot run under any compared policy ({name}: {err})"
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-    return f"{path.name}: compare[{k}] ({name}): could not run: {err}{more}"
+    return f"{path.name}: compare.{k} ({name}): could not run: {err}{more}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for n in failed:
         k = names.index(n)
-        print(f"warning: {path.name}: compare[{k}] ({n}): could not run: {runs[n].summary['error']}", file=sys.stderr)
+        print(f"warning: {path.name}: compare.{k} ({n}): could not run: {runs[n].summary['error']}", file=sys.stderr)
 
     from .output import default_out_dir, write_run
     from .report.verdict import verdict

@@ -96,26 +96,28 @@ def time_grid(data: ReportData, max_points: int = 400, min_step_s: float = 0.25)
     return np.arange(0.0, horizon + step, step)
 
 
-def _held(t: np.ndarray, v: np.ndarray, grid: np.ndarray, hold_s: float) -> np.ndarray:
-    """The last sample at or before each grid time (NaN before the first sample and after the last + hold)."""
+def _held(t: np.ndarray, v: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The last sample at or before each grid time (the first sample before it)."""
     idx = np.searchsorted(t, grid, side="right") - 1
-    out = np.where(idx >= 0, v[np.clip(idx, 0, None)], np.nan).astype(float)
-    out[grid > t[-1] + hold_s] = np.nan
-    return out
+    return v[np.clip(idx, 0, None)].astype(float)
 
 
 def on_grid(p: PolicyData, column: str, grid: np.ndarray, gpus: list[int] | None = None) -> np.ndarray:
-    """A sampled quantity summed over GPUs (or over ``gpus``), held between samples."""
+    """A sampled quantity summed over GPUs (or over ``gpus``), each held at its last sample while the others
+    still run; NaN after the policy's last sample (plus one grid step)."""
     s = p.series
     total = np.zeros(len(grid))
-    hold = float(grid[1] - grid[0]) if len(grid) > 1 else 0.0
     seen = False
     for g, part in s.groupby("gpu", sort=True):
         if gpus is not None and g not in gpus:
             continue
         seen = True
-        total = total + _held(part.time_s.to_numpy(), part[column].to_numpy(dtype=float), grid, hold)
-    return total if seen else np.full(len(grid), np.nan)
+        total = total + _held(part.time_s.to_numpy(), part[column].to_numpy(dtype=float), grid)
+    if not seen:
+        return np.full(len(grid), np.nan)
+    hold = float(grid[1] - grid[0]) if len(grid) > 1 else 0.0
+    total[grid > float(s.time_s.max()) + hold] = np.nan
+    return total
 
 
 def rate_on_grid(p: PolicyData, column: str, grid: np.ndarray, gpu: int) -> np.ndarray:
