@@ -116,7 +116,7 @@ def write_run(out: str | Path, loaded: "LoadedScenario", runs: dict[str, "Policy
     """Write every output of a run (whatever ``runs`` holds, also after an interruption)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scenario.yaml").write_text(yaml.safe_dump(clean_yaml(loaded.resolved()), sort_keys=False))
+    (out / "scenario.yaml").write_text(resolved_yaml(loaded))
     summary = build_summary(loaded, runs, verdict, interrupted)
     (out / "summary.json").write_text(summary_bytes(summary))
     requests_table(runs).to_csv(out / "requests.csv", index=False, lineterminator="\n")
@@ -140,6 +140,33 @@ def write_run(out: str | Path, loaded: "LoadedScenario", runs: dict[str, "Policy
     }
     (out / "run_info.json").write_text(json.dumps(clean(info), indent=2) + "\n")
     return RunFolder(out, summary, trace_info)
+
+
+def resolved_yaml(loaded: "LoadedScenario") -> str:
+    """The scenario as run, re-runnable from the run folder: every setting with its default filled in, the
+    seed used, file paths made absolute; what was derived from it (model shape, hardware, SLO in seconds)
+    follows as comments."""
+    d = loaded.sc.model_dump(mode="json", exclude_none=True)
+    d["name"] = loaded.name
+
+    def absolute(p: str) -> str:
+        return str(loaded.resolve_path(p).resolve())
+
+    if d["model"].endswith(".json") or "/" in d["model"]:
+        d["model"] = absolute(d["model"])
+    if "profile" in d["hardware"]:
+        d["hardware"]["profile"] = absolute(d["hardware"]["profile"])
+    w = d.get("workload") or {}
+    if "trace" in w:
+        w["trace"]["path"] = absolute(w["trace"]["path"])
+    for k in ("prompt", "output"):
+        if isinstance(w.get(k), dict) and w[k].get("kind") == "empirical":
+            w[k]["trace"] = absolute(w[k]["trace"])
+    derived = yaml.safe_dump(clean_yaml(loaded.resolved()["resolved"]), sort_keys=False)
+    return (f"# memslo: scenario {loaded.name!r} as run (from {loaded.path}); run it again with\n"
+            "#   python -m sim.run scenario.yaml\n"
+            + yaml.safe_dump(clean_yaml(d), sort_keys=False)
+            + "# derived when the run started:\n" + "".join(f"#   {line}" for line in derived.splitlines(True)))
 
 
 def clean_yaml(obj: Any) -> Any:

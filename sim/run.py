@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         print(f"interrupted: partial results written to {out}", file=sys.stderr)
         return 130
-    print(f"\nwrote {out}/ (scenario.yaml, summary.json, requests.csv, timeline.json, report.html) in {wall:.1f} s")
+    print(f"\nwrote {out}/ (scenario.yaml, summary.json, requests.csv, timeline.json, report.html); "
+          f"simulating took {wall:.1f} s")
     return 0
 
 

@@ -79,6 +79,11 @@ def test_same_seed_same_bytes(two_runs):
     assert "[1/4] none: simulating" in b.stderr  # progress lines when stderr is not a terminal
     for f in ("summary.json", "requests.csv"):
         assert (base / "a" / f).read_bytes() == (default / f).read_bytes(), f
+    # the run folder's scenario.yaml runs again, from anywhere, to the same bytes
+    again = run_cli(base / "a" / "scenario.yaml", "--out", base / "again", "--quiet", cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    for f in ("summary.json", "requests.csv"):
+        assert (base / "a" / f).read_bytes() == (base / "again" / f).read_bytes(), f
 
 
 def test_another_seed_differs(short_burst, tmp_path):

@@ -125,3 +125,19 @@ def test_shipped_trace_scenario_points_beside_the_checkout():
 
     text = (REPO / "scenarios" / "azure_conv.yaml").read_text()
     assert "path: ../../shared/data/traces/azure_conv_2023.csv" in text
+
+
+def test_readme_scenario_tour_is_a_valid_scenario(tmp_path):
+    import re
+
+    import yaml
+
+    from .helpers import REPO
+
+    block = re.search(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    d = yaml.safe_load(block)
+    assert d["hardware"].pop("profile")  # a calibration profile the tour only names
+    (tmp_path / "tour.yaml").write_text(yaml.safe_dump(d))
+    sc = load_scenario(tmp_path / "tour.yaml")
+    assert [c.name for c in sc.sc.compare] == ["none", "swap", "selectn-i16", "uva-2g", "deepspeed"]
+    assert sc.hardware.host_memory_bytes == 256 * 2**30 and sc.slo.tpot_s == 0.1

@@ -37,7 +37,7 @@ def pcie(data: ReportData) -> go.Figure:
                                                "width": 1.5},
                                          hovertemplate=f"{label}: %{{y:.0%}}<extra></extra>"), row=row, col=1)
         for row in (1, 2, 3):
-            fig.update_yaxes(tickformat=".0%", rangemode="tozero", title_text="utilisation", row=row, col=1)
+            fig.update_yaxes(tickformat=".1~%", rangemode="tozero", title_text="utilisation", row=row, col=1)
     fig.update_xaxes(title_text="time (s)", row=3, col=1)
     fig.update_layout(height=620, margin={"t": 40, "b": 50, "l": 60, "r": 20})
     return fig

@@ -22,7 +22,7 @@ h1{margin:0 0 4px 0;font-size:26px} h2{font-size:18px;margin:28px 0 2px 0;border
 .warn{background:#fff4e5;border-left-color:#f0a020}
 table.metrics{border-collapse:collapse;font-size:13px;margin-top:10px}
 table.metrics th,table.metrics td{border-bottom:1px solid #e4e4e4;padding:4px 9px;text-align:right}
-table.metrics td{white-space:nowrap} table.metrics th{background:#fafafa} table.metrics td.name,table.metrics th.name{text-align:left}
+table.metrics td{white-space:nowrap} table.metrics th{background:#fafafa} table.metrics td.name,table.metrics th.name,table.metrics td:nth-child(2){text-align:left}
 td.err{color:#b00020;text-align:left}
 """
 
