@@ -75,10 +75,16 @@ class ProgressDisplay:
         if run.result.error is not None:
             self._line(f"{label}: could not run")
         elif self.bar is not None and self.task is not None:
-            self.bar.update(self.task, completed=len(run.requests), sim=f"{run.result.simulated_s:,.0f} s simulated")
+            res = run.result
+            if res.interrupted:
+                done = int(run.summary.get("finished", 0))
+                self.bar.update(self.task, completed=done, sim=f"interrupted at {res.simulated_s:,.0f} s simulated")
+            else:
+                self.bar.update(self.task, completed=len(run.requests), sim=f"{res.simulated_s:,.0f} s simulated")
             self.task = None
         else:
-            self._line(f"{label}: done ({run.result.wall_s:.1f} s)")
+            state = "interrupted" if run.result.interrupted else "done"
+            self._line(f"{label}: {state} ({run.result.wall_s:.1f} s)")
 
 
 def _fmt(x: float | None, fmt: str, scale: float = 1.0) -> str:
@@ -90,9 +96,10 @@ def print_table(runs: dict[str, Any], not_run: list[str]) -> None:
     from rich.table import Table
 
     t = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for col in ("policy", "SLO attain.", "tokens/s", "p99 TTFT (s)", "p99 TPOT (ms)", "host mem (GiB)",
-                "finished", "rejected"):
-        t.add_column(col, justify="left" if col == "policy" else "right")
+    t.add_column("policy", no_wrap=True, min_width=max([6, *map(len, runs), *map(len, not_run)]))
+    for col in ("SLO attain.", "tokens/s", "p99 TTFT (s)", "p99 TPOT (ms)", "host mem (GiB)", "finished",
+                "rejected"):
+        t.add_column(col, justify="right")
     for name, r in runs.items():
         s = r.summary
         if s.get("error") is not None:
