@@ -35,7 +35,7 @@ SECTIONS: list[tuple[str, str, str, Callable[[ReportData], go.Figure], Callable[
      "Cumulative share of finished requests under each latency; dashed lines are the SLOs.",
      latency.latency_cdfs, lambda d: True),
     ("fig-ttft-arrival", "Time to first token by arrival time",
-     "Each dot is a request; the shaded band is the burst.", latency.ttft_by_arrival, lambda d: True),
+     "Each dot is a request; shaded bands mark the scenario's bursts, if it has any.", latency.ttft_by_arrival, lambda d: True),
     ("fig-gpu-memory", "GPU memory by kind over time",
      "Weights, staging buffers for streamed layers, activation workspace, KV cache in use and free KV blocks; "
      "the dotted line is the usable memory (GPU memory \u00d7 utilisation).", memory.gpu_memory, lambda d: True),
