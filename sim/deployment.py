@@ -90,6 +90,8 @@ class Deployment:
         bus = f"bus{self.fabric.bus_of(int(gpu[3:]))}" if gpu.startswith("gpu") else gpu
         direction = resource.rsplit("/", 1)[-1]
         self.timeline.add(f"{bus}/{direction}", tag, start, end, -1, nbytes, f"{gpu} {tag}")
+        if tag not in ("weights", "uva"):  # weight reads are on the GPU's track already (the instance records them)
+            self.timeline.add(resource, tag, start, end, -1, nbytes)
 
     def route(self, req: Request) -> Instance:
         if self.router == "round-robin" or len(self.instances) == 1:
