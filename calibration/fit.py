@@ -6,6 +6,12 @@ DATA are Vidur ``*_linear_ops.csv`` files, backend ``layer_times.csv`` / ``copy_
 folders holding them. Residuals are relative, per operator group (``pred / measured - 1``), with a soft-L1
 loss so that the odd token count where the GEMM library picks a poor kernel does not drag the physics.
 
+Every tensor-parallel degree in the data is fitted by default (``--tp`` restricts it): Vidur's tp = 2, 4, 8
+rows time the same model's sharded GEMM shapes on one GPU, which gives the shape terms (wave quantisation,
+L2 blocking, the knee) far more K and N to be fitted from. Leave-one-model-out fits on every tp
+of the training model and scores the held-out model's tp = 1 rows only; no row of the held-out model, of
+any tp, reaches its fit.
+
 The fit is staged, following the physics: (1) on small batches (<= 32 tokens: memory-bound weight reads and
 launch overheads) fit ``memory_efficiency``, ``gemm_overhead_s`` and the element-wise launch and row
 latencies; (2) with those fixed, fit the compute side, the knee, wave quantisation and element-wise
@@ -67,13 +73,23 @@ class FitResult:
     fitted: list[str]  # parameters the data constrained; the others keep their defaults
 
     def stats(self) -> dict:
-        return residual_stats(self.table)
+        """Per op group on the unsplit (tp = 1) rows, what the simulator predicts; ``linear_all_tp`` adds
+        the layer over every fitted tp when the data has tp > 1 rows."""
+        tp = _tp(self.table)
+        out = residual_stats(self.table[tp == 1])
+        if (tp > 1).any():
+            out["linear_all_tp"] = _quantiles(self.table.loc[self.table["op_group"] == "linear", "rel_err"].to_numpy())
+        return out
 
 
 def _quantiles(e: np.ndarray) -> dict[str, float]:
     a = np.abs(e)
     return {"median": round(float(np.median(a)), 5), "p90": round(float(np.percentile(a, 90)), 5),
             "max": round(float(a.max()), 5), "n": int(a.size)}
+
+
+def _tp(t: pd.DataFrame) -> pd.Series:
+    return t["tp"].astype(int) if "tp" in t.columns else pd.Series(1, index=t.index)
 
 
 def residual_stats(t: pd.DataFrame) -> dict:
@@ -95,17 +111,17 @@ def predict(table: pd.DataFrame, gpu: str, params: CalibratedParams) -> np.ndarr
     hw, const = get_hardware(gpu), gpu_constants(gpu)
     out = np.full(len(table), np.nan)
     pos = {ix: i for i, ix in enumerate(table.index)}
-    for model_name, t in table.groupby("model"):
+    for (model_name, tp), t in table.groupby([table["model"], _tp(table).rename("tp_")]):
         model = get_model(model_name)
         tok = t["batch_tokens"].to_numpy(dtype=float)
-        ops = linear_op_times(model, hw, const, params, tok)
+        ops = linear_op_times(model, hw, const, params, tok, int(tp))
         linear = sum(ops.values())
         groups = t["op_group"].to_numpy()
         pred = np.full(len(t), np.nan)
         for g, v in ops.items():
             pred = np.where(groups == g, v, pred)
         pred = np.where(groups == "linear", linear, pred)
-        if np.isin(groups, ("attention", "layer")).any():
+        if np.isin(groups, ("attention", "layer")).any():  # backend rows: one GPU, tp = 1
             cm = CalibratedCostModel(model, hw, Profile(gpu=gpu, params=params, constants=const))
             attn = np.array([cm.attention_time(_shape(r)) if r.op_group in ("attention", "layer") else 0.0
                              for r in t.itertuples()])
@@ -144,11 +160,14 @@ def _solve(names: list[str], base: CalibratedParams, rows: pd.DataFrame, gpu: st
 
 
 def fit_params(table: pd.DataFrame, gpu: str, models: Sequence[str] | None = None,
-               starts: int = 2) -> FitResult:
-    """Fit one GPU's parameters on its rows of ``table`` (optionally only some models)."""
+               starts: int = 2, tps: Sequence[int] | None = None) -> FitResult:
+    """Fit one GPU's parameters on its rows of ``table`` (optionally only some models, and only some
+    tensor-parallel degrees ``tps``; default: every tp in the table)."""
     t = table[table["gpu"] == gpu]
     if models is not None:
         t = t[t["model"].isin(list(models))]
+    if tps is not None:
+        t = t[_tp(t).isin([int(x) for x in tps])]
     rows = _fit_rows(t).copy()
     if rows.empty:
         raise ValueError(f"no measurements for GPU {gpu!r}" + (f" and models {list(models)}" if models else ""))
@@ -177,19 +196,20 @@ def fit_params(table: pd.DataFrame, gpu: str, models: Sequence[str] | None = Non
 
 
 def leave_one_model_out(table: pd.DataFrame, gpu: str, group: str = "linear",
-                        starts: int = 2) -> pd.DataFrame:
-    """Fit on each model alone and predict every other model's ``group`` rows.
+                        starts: int = 2, tps: Sequence[int] | None = None) -> pd.DataFrame:
+    """Fit on each model alone (its rows of every tp in ``tps``, default all) and predict every other
+    model's unsplit (tp = 1) ``group`` rows.
 
     Returns rows (train, test, batch_tokens, measured_s, predicted_s, rel_err)."""
     t = table[table["gpu"] == gpu]
     models = sorted(t["model"].unique())
     out = []
     for train in models:
-        fit = fit_params(t, gpu, [train], starts=starts)
+        fit = fit_params(t[t["model"] == train], gpu, [train], starts=starts, tps=tps)
         for test in models:
             if test == train:
                 continue
-            rows = t[(t["model"] == test) & (t["op_group"] == group)].copy()
+            rows = t[(t["model"] == test) & (t["op_group"] == group) & (_tp(t) == 1)].copy()
             rows["predicted_s"] = predict(rows, gpu, fit.params)
             rows["train"], rows["test"] = train, test
             rows["rel_err"] = rows["predicted_s"] / rows["measured_s"] - 1.0
@@ -232,17 +252,20 @@ def fit_link(copy: pd.DataFrame) -> dict[str, float]:
 # --- CLI ------------------------------------------------------------------------------------------------
 
 def build_profile(paths: Sequence[str | Path], gpu: str, command: str, loo: bool = True,
-                  starts: int = 2) -> tuple[Profile, FitResult, pd.DataFrame]:
+                  starts: int = 2, tps: Sequence[int] | None = None) -> tuple[Profile, FitResult, pd.DataFrame]:
     table, copy, used = load_measurements(paths, gpu)
-    fit = fit_params(table, gpu, starts=starts)
+    fit = fit_params(table, gpu, starts=starts, tps=tps)
     t = table[table["gpu"] == gpu]
-    loo_df = leave_one_model_out(table, gpu, starts=starts) if loo and t["model"].nunique() > 1 else pd.DataFrame()
+    loo_df = (leave_one_model_out(table, gpu, starts=starts, tps=tps) if loo and t["model"].nunique() > 1
+              else pd.DataFrame())
     gpu_copy = copy[copy["gpu"].isin([gpu, ""])] if not copy.empty else copy
     stats = fit.stats()
-    residuals = {"metric": "|predicted / measured - 1| per op group, all fitted rows",
+    residuals = {"metric": "|predicted / measured - 1| per op group on the fitted tp = 1 rows "
+                           "(linear_all_tp: the layer over every fitted tp)",
                  "per_op_group": stats}
     if len(loo_df):
-        residuals["leave_one_model_out"] = {"metric": "|rel. error| of the layer's non-attention time",
+        residuals["leave_one_model_out"] = {"metric": "|rel. error| of the held-out model's layer "
+                                                      "non-attention time, tp = 1, fit on every tp of the other",
                                             **loo_summary(loo_df)}
     copy_sources = set(gpu_copy["source"]) if not gpu_copy.empty else set()
     files = [{"name": p.name, "sha256": sha256(p), "rows": int((t["source"] == p.name).sum())}
@@ -252,7 +275,9 @@ def build_profile(paths: Sequence[str | Path], gpu: str, command: str, loo: bool
             "loss": f"{LOSS} (f_scale {F_SCALE}) on relative residuals, staged",
             "fitted_params": fit.fitted,
             "default_params": [n for n in asdict(fit.params) if n not in fit.fitted],
-            "note": "Vidur rows: tp=1, per-op medians; a token count measured twice is averaged."}
+            "fit_tp": sorted(int(x) for x in _tp(fit.table).unique()),
+            "note": "Vidur rows: per-op medians of every fitted tensor-parallel degree (single-GPU timings of "
+                    "the sharded shapes); a (tp, token count) measured twice is averaged."}
     prof = Profile(gpu=gpu, params=fit.params, constants=gpu_constants(gpu), link=fit_link(gpu_copy),
                    residuals=residuals, provenance=prov)
     return prof, fit, loo_df
@@ -265,10 +290,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--out", required=True, type=Path, help="profile YAML to write")
     ap.add_argument("--no-loo", action="store_true", help="skip the leave-one-model-out check")
     ap.add_argument("--starts", type=int, default=2, help="starting points of the main stage (default 2)")
+    ap.add_argument("--tp", type=int, action="append",
+                    help="fit only rows of this tensor-parallel degree (repeatable; default: every tp in the data)")
     a = ap.parse_args(argv)
     get_hardware(a.gpu)  # fail early on an unknown GPU name
     cmd = "python -m calibration.fit " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    prof, fit, loo = build_profile(a.data, a.gpu, cmd, loo=not a.no_loo, starts=a.starts)
+    prof, fit, loo = build_profile(a.data, a.gpu, cmd, loo=not a.no_loo, starts=a.starts, tps=a.tp)
     prof.write(a.out)
     for k, v in asdict(fit.params).items():
         print(f"  {k:30s} {v:.4g}")

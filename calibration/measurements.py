@@ -3,13 +3,16 @@
 Columns of the table (`COLUMNS`): ``gpu`` (HardwareSpec preset name), ``model`` (ModelSpec preset name),
 ``phase`` (``prefill``, ``decode`` or ``any`` for phase-independent ops), ``batch_size`` (sequences),
 ``batch_tokens`` (new tokens in the batch), ``context_tokens`` (per sequence, what attention reads),
+``tp`` (tensor-parallel degree: the row times one GPU's share of a layer split ``tp`` ways; 1 = unsplit),
 ``op_group`` (``gemm_qkv``, ``gemm_o``, ``gemm_up``, ``gemm_down``, ``norm_input``, ``norm_post``, ``rope``,
 ``act``, ``add``; ``linear`` = all of those; ``attention``; ``layer`` = linear + attention), ``measured_s``
 and ``source`` (file name).
 
 Readers:
-- Vidur's public ``{gpu}_{model}_linear_ops.csv`` (per-operator medians in ms; tp=1 rows only). A token
-  count measured twice (two runs) is averaged.
+- Vidur's public ``{gpu}_{model}_linear_ops.csv`` (per-operator medians in ms). Every
+  ``num_tensor_parallel_workers`` is kept, as ``tp``: those rows are single-GPU timings of the same model's
+  sharded GEMM shapes (QKV and gate+up split along N, O and down along K; RoPE and the activation over the
+  GPU's share; norms and the residual add unsplit). A (tp, token count) measured twice is averaged.
 - the backend profiler's ``layer_times.csv`` (``# key: value`` provenance lines, then model, phase,
   batch_size, context_tokens, new_tokens, layer_s, ..., attn_s, linear_s, repeats).
 - the backend profiler's ``copy_bandwidth.csv`` (`read_copy_bandwidth`, a separate table).
@@ -26,7 +29,7 @@ import pandas as pd
 
 from sim.model import PRESETS as MODEL_PRESETS
 
-COLUMNS = ["gpu", "model", "phase", "batch_size", "batch_tokens", "context_tokens", "op_group", "measured_s",
+COLUMNS = ["gpu", "model", "tp", "phase", "batch_size", "batch_tokens", "context_tokens", "op_group", "measured_s",
            "source"]
 VIDUR_OPS = {"attn_pre_proj": "gemm_qkv", "attn_post_proj": "gemm_o", "mlp_up_proj": "gemm_up",
              "mlp_down_proj": "gemm_down", "input_layernorm": "norm_input",
@@ -107,23 +110,24 @@ def read_vidur_linear_ops(path: str | Path, gpu: str | None = None) -> pd.DataFr
     missing = [c for c in need if c not in d.columns]
     if missing:
         raise MeasurementError(f"{path.name}: not a Vidur linear_ops file, missing columns {missing}")
-    d = d[d["num_tensor_parallel_workers"] == 1]
     if d.empty:
-        raise MeasurementError(f"{path.name}: no rows with num_tensor_parallel_workers == 1")
+        raise MeasurementError(f"{path.name}: no rows")
     prefix = path.name.split("_", 1)[0].lower()
     gpu = gpu or _VIDUR_GPUS.get(prefix)
     if gpu is None:
         raise MeasurementError(f"{path.name}: cannot tell the GPU from the file name; pass gpu=")
     model = _model_from_shape(d.iloc[0], fallback=path.name.split("_")[1].lower())
-    med = {op: d.groupby("num_tokens")[f"time_stats.{op}.median"].mean() for op in VIDUR_OPS}
-    tokens = med["add"].index.to_numpy()
+    keys = ["num_tensor_parallel_workers", "num_tokens"]
+    med = {op: d.groupby(keys)[f"time_stats.{op}.median"].mean() for op in VIDUR_OPS}
+    tp = med["add"].index.get_level_values(0).to_numpy().astype(int)
+    tokens = med["add"].index.get_level_values(1).to_numpy()
     parts = []
     total = 0.0
     for op, group in VIDUR_OPS.items():
         secs = med[op].to_numpy() * 1e-3
         total = total + secs
-        parts.append(pd.DataFrame({"op_group": group, "batch_tokens": tokens, "measured_s": secs}))
-    parts.append(pd.DataFrame({"op_group": "linear", "batch_tokens": tokens, "measured_s": total}))
+        parts.append(pd.DataFrame({"op_group": group, "tp": tp, "batch_tokens": tokens, "measured_s": secs}))
+    parts.append(pd.DataFrame({"op_group": "linear", "tp": tp, "batch_tokens": tokens, "measured_s": total}))
     out = pd.concat(parts, ignore_index=True)
     out["gpu"], out["model"], out["phase"], out["source"] = gpu, model, "any", path.name
     out["batch_size"], out["context_tokens"] = 0, 0
@@ -166,9 +170,10 @@ def read_layer_times(path: str | Path, gpu: str | None = None) -> pd.DataFrame:
     if bad:
         raise MeasurementError(f"{path.name}: phase must be prefill or decode, got {bad}")
     tokens = d["batch_size"] * d["new_tokens"]
+    tp = 1  # the backend profiles one GPU running the whole layer
     parts = []
     for col, group in (("layer_s", "layer"), ("attn_s", "attention"), ("linear_s", "linear")):
-        parts.append(pd.DataFrame({"gpu": gpu, "model": d["model"].str.lower(), "phase": d["phase"],
+        parts.append(pd.DataFrame({"gpu": gpu, "model": d["model"].str.lower(), "tp": tp, "phase": d["phase"],
                                    "batch_size": d["batch_size"], "batch_tokens": tokens,
                                    "context_tokens": d["context_tokens"], "op_group": group,
                                    "measured_s": d[col].astype(float), "source": path.name}))
@@ -224,7 +229,11 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_measurements(paths: Iterable[str | Path], gpu: str | None = None,
                       ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
-    """(timing table, copy-bandwidth table, files used). Rows of other GPUs are kept; filter on ``gpu``."""
+    """(timing table, copy-bandwidth table, files used). Rows of other GPUs are kept; filter on ``gpu``.
+
+    Every tensor-parallel degree is kept (column ``tp``): `calibration.fit` fits on all of them (more GEMM
+    shapes for the same physics) and scores leave-one-model-out on the held-out model's ``tp == 1`` rows.
+    A caller that wants unsplit single-GPU layer times only filters ``table[table["tp"] == 1]``."""
     tables, copies, used = [], [], []
     for p in expand_paths(paths):
         kind = sniff(p)

@@ -2,10 +2,11 @@
 
 ``python -m calibration.report DATA... --out calibration/report.html``
 
-For each GPU in the data: the fitted parameters (fit on every model), measured vs predicted time per
-operator group against the token count, the distribution of relative residuals, and the
-leave-one-model-out error (fit on one model, predict the other) next to a plain three-parameter roofline
-fitted the same way, for scale.
+For each GPU in the data: the fitted parameters (fit on every model and every tensor-parallel degree),
+measured vs predicted time per operator group against the token count and the distribution of relative
+residuals (unsplit, tp = 1 rows), and the leave-one-model-out error (fit on one model's rows of every tp,
+predict the other's tp = 1 rows) next to a plain three-parameter roofline fitted on the training model's
+tp = 1 rows (it has no notion of sharding), for scale.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def roofline_loo(table: pd.DataFrame, gpu: str) -> pd.DataFrame:
     efficiency, per-kernel overhead), relative least squares on the layer's non-attention time."""
     hw = get_hardware(gpu)
     t = table[(table["gpu"] == gpu) & (table["op_group"] == "linear")]
+    if "tp" in t.columns:
+        t = t[t["tp"] == 1]
     models = sorted(t["model"].unique())
 
     def pred(x, name, tokens):
@@ -72,8 +75,12 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _unsplit(t: pd.DataFrame) -> pd.DataFrame:
+    return t[t["tp"] == 1] if "tp" in t.columns else t
+
+
 def fig_measured_vs_predicted(fit: FitResult) -> go.Figure:
-    t = fit.table
+    t = _unsplit(fit.table)
     groups = [g for g in GROUP_ORDER if g in set(t["op_group"])]
     cols = 4
     rows = (len(groups) + cols - 1) // cols
@@ -94,16 +101,17 @@ def fig_measured_vs_predicted(fit: FitResult) -> go.Figure:
         fig.update_xaxes(type="log", row=r, col=c)
         fig.update_yaxes(type="log", row=r, col=c)
     fig.update_layout(height=260 * rows, title=f"{fit.gpu}: measured (dots) vs predicted (lines), ms per op "
-                      "against batch tokens", legend=dict(orientation="h", y=-0.05))
+                      "against batch tokens (tp = 1)", legend=dict(orientation="h", y=-0.05))
     return fig
 
 
 def fig_residuals(fit: FitResult) -> go.Figure:
-    t = fit.table
+    t = _unsplit(fit.table)
     fig = go.Figure()
     for g in [g for g in GROUP_ORDER if g in set(t["op_group"])]:
         fig.add_trace(go.Box(y=t.loc[t["op_group"] == g, "rel_err"] * 100, name=g, boxpoints="outliers"))
-    fig.update_layout(title=f"{fit.gpu}: residual distribution (predicted / measured − 1, %), fit on all models",
+    fig.update_layout(title=f"{fit.gpu}: residual distribution (predicted / measured − 1, %, tp = 1), fit on all "
+                      "models",
                       yaxis_title="%", height=420, showlegend=False)
     return fig
 
@@ -128,11 +136,13 @@ def gpu_section(table: pd.DataFrame, gpu: str) -> tuple[str, list[go.Figure]]:
     fit = fit_params(table, gpu)
     figs = [fig_measured_vs_predicted(fit), fig_residuals(fit)]
     parts = [f"<h2>{html.escape(gpu)}</h2>",
-             f"<p>Models: {', '.join(sorted(fit.table['model'].unique()))}. Rows: {len(fit.table)}.</p>"]
+             f"<p>Models: {', '.join(sorted(fit.table['model'].unique()))}. Rows: {len(fit.table)} (tensor-parallel "
+             f"degrees {', '.join(str(x) for x in sorted(set(fit.table.get('tp', pd.Series([1])))))}: single-GPU "
+             "timings of each model's sharded shapes, all fitted).</p>"]
     parts.append(_table_html([[k, _fmt(v), "fitted" if k in fit.fitted else "default (no data for it)"]
                               for k, v in asdict(fit.params).items()], ["parameter", "value", ""]))
     stats = fit.stats()
-    parts.append("<h3>Fit residuals (all models)</h3>" + _table_html(
+    parts.append("<h3>Fit residuals (all models, tp = 1 rows; linear_all_tp: every tp)</h3>" + _table_html(
         [[g, f"{s['median']:.1%}", f"{s['p90']:.1%}", f"{s['max']:.1%}", s["n"]] for g, s in stats.items()],
         ["op group", "median |err|", "p90 |err|", "max |err|", "rows"]))
     t = table[table["gpu"] == gpu]
@@ -143,7 +153,8 @@ def gpu_section(table: pd.DataFrame, gpu: str) -> tuple[str, list[go.Figure]]:
         rows = [[k, f"{v['median']:.1%}", f"{v['p90']:.1%}",
                  f"{sb[k]['median']:.1%}" if k in sb else "", f"{sb[k]['p90']:.1%}" if k in sb else ""]
                 for k, v in s.items()]
-        parts.append("<h3>Leave-one-model-out (layer non-attention time, token counts 1..4096)</h3>" +
+        parts.append("<h3>Leave-one-model-out (layer non-attention time of the held-out model, tp = 1, token "
+                     "counts 1..4096; fit on every tp of the training model)</h3>" +
                      _table_html(rows, ["fit → predict", "median |err|", "p90 |err|", "roofline median",
                                         "roofline p90"]))
         figs.append(fig_loo(loo, base, gpu))

@@ -25,7 +25,8 @@ Physics of one decoder layer (everything outside attention is what Vidur's ``lin
   and kernel overhead (fitted only from data that times attention: the backend profiler's ``attn_s``).
 
 All parameters are per FLOP, per byte or per kernel, shared by every model shape on the GPU, so a profile
-fitted on one model predicts another. Functions here accept numpy arrays so the fitter evaluates the same
+fitted on one model predicts another. The shape functions take a tensor-parallel degree (one GPU's shard
+of the layer), so the fitter also learns from timings of sharded shapes. Functions here accept numpy arrays so the fitter evaluates the same
 code the simulator runs.
 """
 
@@ -252,34 +253,39 @@ def elementwise_time(nbytes: Any, row_width: float, kind: str, hw: HardwareSpec,
     return launch + np.maximum(p.row_latency_s_per_element * row_width, t_bytes)
 
 
-def layer_gemms(model: ModelSpec) -> dict[str, tuple[int, int]]:
-    """(K, N) of the layer's weight GEMMs, keyed as the measurement op groups."""
+def layer_gemms(model: ModelSpec, tp: int = 1) -> dict[str, tuple[int, int]]:
+    """(K, N) of the layer's weight GEMMs on one GPU, keyed as the measurement op groups. With ``tp``-way
+    tensor parallelism (Megatron split) QKV and gate+up are split along N, O and down along K."""
     m = model
     n_up = m.intermediate_size * (2 if m.gated_mlp else 1)
-    return {"gemm_qkv": (m.hidden_size, m.q_dim + 2 * m.kv_dim), "gemm_o": (m.q_dim, m.hidden_size),
-            "gemm_up": (m.hidden_size, n_up), "gemm_down": (m.intermediate_size, m.hidden_size)}
+    return {"gemm_qkv": (m.hidden_size, (m.q_dim + 2 * m.kv_dim) // tp), "gemm_o": (m.q_dim // tp, m.hidden_size),
+            "gemm_up": (m.hidden_size, n_up // tp), "gemm_down": (m.intermediate_size // tp, m.hidden_size)}
 
 
-def layer_elementwise(model: ModelSpec) -> dict[str, tuple[str, float, float]]:
-    """(kind, bytes per token, row width) of the layer's element-wise kernels (Vidur's op list: two norms,
-    RoPE for rotary models, the activation and one residual add)."""
+def layer_elementwise(model: ModelSpec, tp: int = 1) -> dict[str, tuple[str, float, float]]:
+    """(kind, bytes per token, row width) of the layer's element-wise kernels on one GPU (Vidur's op list:
+    two norms, RoPE for rotary models, the activation and one residual add). With ``tp``-way tensor
+    parallelism RoPE and the activation work on the GPU's heads / MLP columns; norms and the add on the
+    full hidden width."""
     m, dt = model, model.dtype_bytes
-    act_bytes = (3 if m.gated_mlp else 2) * m.intermediate_size * dt
+    act_bytes = (3 if m.gated_mlp else 2) * m.intermediate_size * dt / tp
     out = {"norm_input": ("norm", 2 * m.hidden_size * dt, m.hidden_size),
            "norm_post": ("norm", 2 * m.hidden_size * dt, m.hidden_size)}
     if m.arch == "llama":
-        out["rope"] = ("rope", 2 * (m.q_dim + m.kv_dim) * dt, 0)
-    out["act"] = ("act", act_bytes, m.intermediate_size)
+        out["rope"] = ("rope", 2 * (m.q_dim + m.kv_dim) * dt / tp, 0)
+    out["act"] = ("act", act_bytes, m.intermediate_size / tp)
     out["add"] = ("add", 3 * m.hidden_size * dt, 0)
     return out
 
 
 def linear_op_times(model: ModelSpec, hw: HardwareSpec, c: GpuConstants, p: CalibratedParams,
-                    tokens: Any) -> dict[str, Any]:
-    """Time of each non-attention op of one layer, keyed by op group, for ``tokens`` (array or scalar)."""
+                    tokens: Any, tp: int = 1) -> dict[str, Any]:
+    """Time of each non-attention op of one layer on one GPU, keyed by op group, for ``tokens`` (array or
+    scalar); ``tp`` is the tensor-parallel degree the layer is split over."""
     tokens = np.asarray(tokens, dtype=float)
-    out = {g: gemm_time(tokens, k, n, hw, c, p, model.dtype_bytes) for g, (k, n) in layer_gemms(model).items()}
-    for g, (kind, bpt, width) in layer_elementwise(model).items():
+    out = {g: gemm_time(tokens, k, n, hw, c, p, model.dtype_bytes)
+           for g, (k, n) in layer_gemms(model, tp).items()}
+    for g, (kind, bpt, width) in layer_elementwise(model, tp).items():
         out[g] = elementwise_time(tokens * bpt, width, kind, hw, c, p)
     return out
 

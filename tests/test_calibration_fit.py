@@ -24,19 +24,20 @@ TOKENS = np.array(sorted({1, 2, 4, 8, *range(16, 1025, 16), *range(1088, 4097, 6
 
 
 def synthetic_table(gpu: str, params: CalibratedParams, noise: float = 0.02, seed: int = 0,
-                    models=("llama-2-7b", "llama-2-70b")) -> pd.DataFrame:
-    """Per-op rows as the Vidur reader gives them, times from the model times lognormal noise."""
+                    models=("llama-2-7b", "llama-2-70b"), tps=(1, 2, 4, 8)) -> pd.DataFrame:
+    """Per-op rows as the Vidur reader gives them (every tp), times from the model times lognormal noise."""
     rng = np.random.default_rng(seed)
     hw, c = get_hardware(gpu), gpu_constants(gpu)
     parts = []
     for m in models:
-        ops = linear_op_times(get_model(m), hw, c, params, TOKENS)
-        noisy = {g: v * np.exp(rng.normal(0.0, noise, TOKENS.size)) for g, v in ops.items()}
-        noisy["linear"] = sum(noisy.values())
-        for g, v in noisy.items():
-            parts.append(pd.DataFrame({"gpu": gpu, "model": m, "phase": "any", "batch_size": 0,
-                                       "batch_tokens": TOKENS.astype(int), "context_tokens": 0, "op_group": g,
-                                       "measured_s": v, "source": f"synthetic-{m}"}))
+        for tp in tps:
+            ops = linear_op_times(get_model(m), hw, c, params, TOKENS, tp)
+            noisy = {g: v * np.exp(rng.normal(0.0, noise, TOKENS.size)) for g, v in ops.items()}
+            noisy["linear"] = sum(noisy.values())
+            for g, v in noisy.items():
+                parts.append(pd.DataFrame({"gpu": gpu, "model": m, "tp": tp, "phase": "any", "batch_size": 0,
+                                           "batch_tokens": TOKENS.astype(int), "context_tokens": 0, "op_group": g,
+                                           "measured_s": v, "source": f"synthetic-{m}"}))
     return pd.concat(parts, ignore_index=True)[COLUMNS]
 
 
@@ -53,7 +54,7 @@ def test_recovers_known_parameters_with_noise(gpu):
         tol = 0.03 if name in tight else 0.15
         assert getattr(fit.params, name) == pytest.approx(true, rel=tol), name
     # and the fitted model reproduces the noiseless layer times
-    clean = synthetic_table(gpu, TRUE, noise=0.0)
+    clean = synthetic_table(gpu, TRUE, noise=0.0, tps=(1,))
     lin = clean[clean["op_group"] == "linear"]
     err = np.abs(predict(lin, gpu, fit.params) / lin["measured_s"].to_numpy() - 1)
     assert np.median(err) < 0.005 and err.max() < 0.02
@@ -63,7 +64,7 @@ def test_one_model_is_enough_to_recover_the_physics():
     # parameters are shared physics, so data of one shape pins them (this is what leave-one-out relies on)
     table = synthetic_table("h100-sxm", TRUE, noise=0.02, models=("llama-2-7b",))
     fit = fit_params(table, "h100-sxm")
-    clean = synthetic_table("h100-sxm", TRUE, noise=0.0, models=("llama-2-70b",))
+    clean = synthetic_table("h100-sxm", TRUE, noise=0.0, models=("llama-2-70b",), tps=(1,))
     lin = clean[clean["op_group"] == "linear"]
     err = np.abs(predict(lin, "h100-sxm", fit.params) / lin["measured_s"].to_numpy() - 1)
     assert np.median(err) < 0.01 and np.percentile(err, 90) < 0.02
@@ -79,12 +80,17 @@ def test_attention_fitted_from_backend_layer_times():
 
 
 def test_public_data_fit_is_close_and_physical():
-    for gpu, prefix in (("h100-sxm", "h100"), ("a100-80g", "a100")):
+    # fitted on both models and every tp; scored on the tp = 1 rows (H100: cuBLAS switches kernels between
+    # token counts, which no smooth physics follows: ~4.6 % / 11.2 %; A100 ~2.4 % / 6.0 %)
+    for gpu, prefix, med, p90 in (("h100-sxm", "h100", 0.05, 0.12), ("a100-80g", "a100", 0.03, 0.07)):
         from calibration.measurements import load_measurements
         table, _, _ = load_measurements(vidur_files(prefix))
         fit = fit_params(table, gpu)
-        s = fit.stats()["linear"]
-        assert s["median"] < 0.04 and s["p90"] < 0.11, (gpu, s)
+        assert set(fit.table["tp"]) == {1, 2, 4, 8}
+        stats = fit.stats()
+        s = stats["linear"]
+        assert s["n"] == 2 * 259 and stats["linear_all_tp"]["n"] == 8 * 259
+        assert s["median"] < med and s["p90"] < p90, (gpu, s)
         p = fit.params
         assert 0.6 < p.compute_efficiency < 0.85 and 0.7 < p.memory_efficiency <= 1.0
         assert 1e-6 < p.gemm_overhead_s < 2e-5

