@@ -5,8 +5,9 @@ header row.
 
 ``layer_times.csv`` -- one decoder layer's time, columns ``model, phase, batch_size, context_tokens,
 new_tokens, layer_s, layer_p10_s, layer_p90_s, attn_s, linear_s, repeats``:
-- ``phase=prefill``: ``batch_size`` sequences of ``new_tokens`` fresh tokens each after ``context_tokens``
-  cached ones. The record uses the rows with ``context_tokens = 0`` (grid point (batch, new_tokens)).
+- ``phase=prefill``: ``batch_size`` sequences each computing ``new_tokens`` tokens whose attention spans
+  ``context_tokens`` (the chunk included). The record uses fresh prompts, ``context_tokens = new_tokens``
+  (grid point (batch, new_tokens)); chunked rows (context > new) are ignored.
 - ``phase=decode``: ``batch_size`` sequences decoding one token (``new_tokens = 1``) with
   ``context_tokens`` of context each (grid point (batch, context_tokens)).
 The record takes ``layer_p90_s`` (``layer_s`` where p90 is missing): a conservative per-layer time.
@@ -103,7 +104,7 @@ def measured_inputs(model: ModelSpec, hw: HardwareSpec, layer_times_csv: str | P
     times: dict[tuple[str, int, int], tuple[float, float]] = {}
     for phase in ("prefill", "decode"):
         if phase == "prefill":
-            rows = df[(df.phase == "prefill") & (df.context_tokens == 0)]
+            rows = df[(df.phase == "prefill") & (df.context_tokens == df.new_tokens)]
             pts = {(int(r.batch_size), int(r.new_tokens)): float(r.t) for r in rows.itertuples()}
         else:
             rows = df[(df.phase == "decode") & (df.new_tokens == 1)]
