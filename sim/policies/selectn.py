@@ -98,6 +98,7 @@ class SelectN(OffloadPolicy):
         self.iterations: Counter = Counter()  # (kind, interval) -> iterations run with it
         self.log: list[tuple] = []  # (time, kind, interval, budget ok, predicted s)
         self.predicted_misses = 0
+        self.uses_link_now = False  # whether the iteration in flight moves data over the host link
         self._promote: dict[tuple[int, int], int] = {}
         self.coord: BusCoordinator | None = None
         if self.coordinate and len(ctx.bus_gpus) > 1:
@@ -142,7 +143,9 @@ class SelectN(OffloadPolicy):
         return np.array([self.rec.times(b[0], b[1], s) for s in range(self.shares)])[:, self.col]
 
     def _bus_others(self) -> tuple[dict[int, Candidate], dict[int, bool]]:
-        """Other GPUs on this bus: idle ones (as candidates) and which are copying now."""
+        """Other GPUs on this bus: the idle ones that cannot copy (as candidates), and which may share the
+        bus during this iteration -- copying now, or holding an offloaded plan and so copying as soon as
+        they get work (a peer that wakes up mid-iteration does not wait for this one)."""
         idle: dict[int, Candidate] = {}
         busy: dict[int, bool] = {}
         insts = self.ctx.shared.get("instances", [])
@@ -150,9 +153,11 @@ class SelectN(OffloadPolicy):
             if g == self.ctx.gpu or g >= len(insts):
                 continue
             o = insts[g]
-            if not o.sched.has_work():
+            moving = bool(o.plan.offloaded) or o.ctx.engine.preemption == "swap" \
+                or bool(getattr(o.policy, "uses_link_now", False))
+            busy[g] = moving
+            if not o.sched.has_work() and not moving:
                 idle[g] = idle_candidate(o.plan.interval or 0, o.plan.host_bytes(o.ctx.model), self.shares)
-            busy[g] = o.sched.has_work() and (bool(o.plan.offloaded) or o.ctx.engine.preemption == "swap")
         return idle, busy
 
     def _reserved(self, sched, extra: "Request | None" = None) -> int:
@@ -185,7 +190,8 @@ class SelectN(OffloadPolicy):
         T = self._predict(shape) + swap / self.rates[:, None]  # (shares, cands)
         n_prom = np.array([self._n_promote(cur, j) for j in range(len(self.cands))])
         per_copy = self.lb / self.rates + self.rec.latency_s  # (shares,)
-        S = n_prom[None, :] * per_copy[:, None]
+        # a switch is a one-off burst of copies that a peer may start sharing at any moment: worst share
+        S = np.repeat((n_prom * per_copy[-1])[None, :], self.shares, axis=0)
         V = self._violations(inst, shape, now, kind, T, S, per_copy, mem_ok)  # (shares, cands)
         idle, busy = self._bus_others()
         m_local = 1 + sum(busy.values())
@@ -209,10 +215,11 @@ class SelectN(OffloadPolicy):
                 j_star = int(len(v) - 1 - np.argmin(v[::-1]))
                 self.predicted_misses += 1
         new = self._hysteresis(kind, self.cands[j_star], v, mem_ok)
+        jn = self.pos[new]
+        self.uses_link_now = bool(self.pcie[jn] or n_prom[jn] or swap)
         self.state[kind] = new
         self.iterations[(kind, new)] += 1
         if len(self.log) < self.log_limit:
-            jn = self.pos[new]
             self.log.append((now, kind, new, bool(v[jn] <= 0), float(T[s_loc, jn] + S[s_loc, jn])))
         return self.rec.plans[new - 1]
 
@@ -271,9 +278,13 @@ class SelectN(OffloadPolicy):
         if budget < INF:
             V = np.maximum(V, T + S - budget)
         if len(slack_a) or tpot_next < INF:
+            # requests that decode next return to the decode plan: a prefill plan that offloads a layer the
+            # decode plan keeps would have to copy it back in, so such plans are ruled out (the memory they
+            # free could not be kept anyway); the way back from a less offloaded plan is free
             home, t_home = self._home(inst, shape, mem_ok)
             back = np.array([len(self.off[j] - self.off[self.pos[home]]) for j in range(len(self.cands))])
             S_back = back[None, :] * per_copy[:, None]
+            V = V + np.where(back > 0, 1e3, 0.0)[None, :]
             if len(slack_a):
                 worst = np.max(t_home[:, None] * (rem_a[None, :] - 1) - slack_a[None, :], axis=1)  # (shares,)
                 V = np.maximum(V, T + S + S_back + worst[:, None])
@@ -325,7 +336,8 @@ class SelectN(OffloadPolicy):
                 return (f"TTFT SLO {req.ttft_slo_s:.2f} s: first token predicted {now - req.arrival_s + t_alone:.2f} s "
                         f"after arrival even with the fastest plan ({self._label(self.cands[alone_j])})")
             return DEFER
-        # the running decodes must still make their mean TPOT with this prefill in their way
+        # the running decodes must still make their mean TPOT with this prefill in their way: it runs at
+        # the decode plan or a less offloaded one (switching there first), then they go on at the decode plan
         if sched.decoding:
             k, slack, rem = sched.k, [], []
             for r in sched.decoding.values():
@@ -333,9 +345,19 @@ class SelectN(OffloadPolicy):
                     slack.append(r.first_token_s + (r.output_tokens - 1) * r.tpot_slo_s - now)
                     rem.append(max(r.output_tokens - (r.dec_g0 + k - r.dec_k0), 1))
             if slack:
-                cur = BatchShape(0, 0, 0.0, 0, len(sched.decoding), sched.decode_ctx_sum())
-                t_d = float(self._predict(cur)[s, j])
-                if max(t_pre + t_d * (n - 1) - sl for sl, n in zip(slack, rem)) > 0:
+                cur = self._interval_of(inst.plan)
+                home = self.state["decode"] or cur
+                hj = self.pos.get(home, len(self.cands) - 1)
+                per_copy = self.lb / self.rates[-1] + self.rec.latency_s
+                T_mixed = self._predict(shape)[s]
+                t_mixed = min(float(T_mixed[jj]) + self._n_promote(cur, jj) * per_copy
+                              for jj in range(len(self.cands)) if self.off[jj] <= self.off[hj])
+                dec_now = BatchShape(0, 0, 0.0, 0, len(sched.decoding), sched.decode_ctx_sum())
+                Td = self._predict(dec_now)[s]
+                t_home, t_fast = float(Td[hj]), float(Td[j])  # stay at the decode plan, or speed up to j
+                s_fast = self._n_promote(home, j) * per_copy
+                if max(t_mixed + min(t_home * (n - 1), s_fast + t_fast * (n - 1)) - sl
+                       for sl, n in zip(slack, rem)) > 0:
                     return DEFER
         # TPOT: the decode batch it joins, at each request's mean context over its life
         tpot = min([req.tpot_slo_s] + [r.tpot_slo_s for r in running])
