@@ -144,10 +144,12 @@ def headline(res: dict[int, dict[str, Any]]) -> dict[str, Any]:
     ds = [r["deepspeed"]["tpot_mean"] / r["tpot_slo"] for r in res.values() if "error" not in r["deepspeed"]]
     fg_miss = [B for B, r in res.items() if "error" not in r["flexgen"] and r["flexgen"]["attainment"] < 0.99]
     sn_ok = all(ok(r["selectn"]) for r in res.values())
+    sn_host = max((r["selectn"]["host_gb"] for r in res.values() if "error" not in r["selectn"]), default=0.0)
     return {"best_ratio": best("selectn") / best("flexgen") if best("flexgen") else float("inf"),
             "max_batch_ratio": max(per_b, default=float("nan")), "min_batch_ratio": min(per_b, default=float("nan")),
             "host_ratio_max": max(hosts, default=float("nan")), "host_ratio_min": min(hosts, default=float("nan")),
-            "deepspeed_miss": max(ds, default=float("nan")), "flexgen_misses_at": fg_miss, "selectn_all_ok": sn_ok}
+            "deepspeed_miss": max(ds, default=float("nan")), "flexgen_misses_at": fg_miss, "selectn_all_ok": sn_ok,
+            "selectn_host_gb": sn_host}
 
 
 def run_d(gpu: str, quick: bool) -> dict[str, Any]:
@@ -177,7 +179,9 @@ def markdown(all_res: dict[str, dict[str, Any]]) -> str:
                       for h in hs]))
         if key == "b":
             rows.append((f"{label}: host memory Select-N / FlexGen (per-batch range)", PAPER["b_host"],
-                         [f"{fmt_ratio(h['host_ratio_min'])}-{fmt_ratio(h['host_ratio_max'])}" for h in hs]))
+                         [f"{fmt_ratio(h['host_ratio_min'])}-{fmt_ratio(h['host_ratio_max'])}"
+                          if h["host_ratio_max"] == h["host_ratio_max"] else
+                          f"{h['selectn_host_gb']:.1f} GB vs none (FlexGen offloads nothing)" for h in hs]))
             rows.append((f"{label}: DeepSpeed-style mean TPOT / TPOT SLO (worst batch)", PAPER["b_deepspeed"],
                          [fmt_ratio(h["deepspeed_miss"]) for h in hs]))
         else:
