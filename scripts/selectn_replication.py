@@ -17,7 +17,6 @@ SLOs would be meaningless there).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
