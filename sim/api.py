@@ -74,8 +74,8 @@ class PolicyRun:
         return self.result.error is None
 
 
-def simulate(model: ModelSpec | str, hardware: HardwareSpec | str, requests: RequestSet,
-             policies: list[PolicySpec], *, slo: SLO = SLO(), cost: CostModel | None = None,
+def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareSpec | str, requests: RequestSet,
+             policies: list[PolicySpec], *, slo: SLO = SLO(), cost: CostModel | list[CostModel] | None = None,
              cost_factory: Callable[[ModelSpec, HardwareSpec], CostModel] | None = None,
              engine: EngineConfig | None = None, num_gpus: int = 1, router: str = "round-robin",
              until_s: float | None = None, timeline_max_spans: int | None = 200_000, detail_iterations: int = 20,
@@ -83,11 +83,17 @@ def simulate(model: ModelSpec | str, hardware: HardwareSpec | str, requests: Req
              ) -> dict[str, PolicyRun]:
     """Run each policy on the same requests. A policy that cannot run (model does not fit, bad parameter,
     host memory exhausted) gets a result with ``error`` set and the others still run. A Ctrl-C stops the
-    policy in progress (its partial result is kept, marked interrupted) and skips the rest."""
-    model = get_model(model) if isinstance(model, str) else model
+    policy in progress (its partial result is kept, marked interrupted) and skips the rest. ``model`` (and
+    ``cost``) may be a list with one entry per GPU (``num_gpus`` long): different models sharing buses."""
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
+    if isinstance(model, (list, tuple)):  # one model per GPU
+        model = [get_model(m) if isinstance(m, str) else m for m in model]
+        if cost is None:
+            cost = [cost_factory(m, hw) if cost_factory else RooflineCostModel(m, hw) for m in model]  # type: ignore[assignment]
+    else:
+        model = get_model(model) if isinstance(model, str) else model
     if cost is None:
-        cost = cost_factory(model, hw) if cost_factory else RooflineCostModel(model, hw)
+        cost = cost_factory(model, hw) if cost_factory else RooflineCostModel(model, hw)  # type: ignore[arg-type]
     base_engine = engine or EngineConfig()
     names = [p.label for p in policies]
     if len(set(names)) != len(names):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Literal
+from typing import Callable, Generator, Literal, Sequence
 
 import simpy
 
@@ -49,7 +49,7 @@ class RunResult:
 
 
 class Deployment:
-    def __init__(self, model: ModelSpec, hw: HardwareSpec, cost: CostModel,
+    def __init__(self, model: ModelSpec | Sequence[ModelSpec], hw: HardwareSpec, cost: CostModel | Sequence[CostModel],
                  policy_factory: Callable[[], OffloadPolicy], engine: EngineConfig | None = None,
                  num_gpus: int = 1, router: Literal["round-robin", "least-loaded"] = "round-robin",
                  timeline: Timeline | None = None, detail_iterations: int = 0,
@@ -58,6 +58,12 @@ class Deployment:
             raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
         if router not in ("round-robin", "least-loaded"):
             raise ValueError(f"router must be 'round-robin' or 'least-loaded', got {router!r}")
+        # one model (and cost model) for every GPU, or a list with one per GPU (e.g. two models on one bus)
+        models = list(model) if isinstance(model, (list, tuple)) else [model] * num_gpus
+        costs = list(cost) if isinstance(cost, (list, tuple)) else [cost] * num_gpus
+        if len(models) != num_gpus or len(costs) != num_gpus:
+            raise ValueError(f"one model and cost model per GPU: got {len(models)} models and {len(costs)} cost "
+                             f"models for {num_gpus} GPUs")
         self.engine = engine or EngineConfig()
         self.env = simpy.Environment()
         self.fabric = Fabric.for_gpus(self.env, hw, num_gpus)
@@ -72,7 +78,7 @@ class Deployment:
         for g in range(num_gpus):
             bus = g // hw.gpus_per_bus
             bus_gpus = tuple(x for x in range(num_gpus) if x // hw.gpus_per_bus == bus)
-            ctx = InstanceContext(model, hw, cost, self.engine, g, bus_gpus, self.shared)
+            ctx = InstanceContext(models[g], hw, costs[g], self.engine, g, bus_gpus, self.shared)
             self.instances.append(Instance(self.env, ctx, policy_factory(), self.fabric,
                                            self.hosts[g // hw.gpus_per_node], timeline, detail_iterations,
                                            sample_interval_s))

@@ -69,6 +69,7 @@ class Instance:
         self.debug_checks = False  # tests: check memory and block invariants every iteration
         self.peak_gpu_bytes = self.gpu_memory_used()
         self.track = f"gpu{self.gpu}"
+        self.current_batch: ScheduledBatch | None = None  # the iteration being planned/run (policies read it)
 
     # --- requests in ----------------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
@@ -175,6 +176,7 @@ class Instance:
         env, ctx = self.env, self.ctx
         now = env.now
         shape = batch.shape
+        self.current_batch = batch
         promote: tuple[int, ...] = ()
         if not shape.is_empty:
             plan = self.policy.plan_for(self, shape, now)

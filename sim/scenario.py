@@ -244,6 +244,8 @@ class Scenario(_Strict):
     description: str = ""
     seed: int = 0
     model: str
+    gpu_models: list[str] | None = Field(default=None, description="one model per GPU (hardware.num_gpus "
+                                         "long); `model` is then the SLO reference")
     hardware: HardwareConfig
     engine: EngineSettings = Field(default_factory=EngineSettings)
     slo: SLOConfig = Field(default_factory=SLOConfig)
@@ -253,9 +255,13 @@ class Scenario(_Strict):
     until_s: float | None = Field(default=None, gt=0, description="stop the simulation at this time")
     experiments: list[FixedBatchExperiment] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    search: dict[str, Any] | None = Field(default=None, description="sweep settings (python -m sim.search)")
 
     @model_validator(mode="after")
     def _names(self) -> "Scenario":
+        if self.gpu_models is not None and len(self.gpu_models) != self.hardware.num_gpus:
+            raise ValueError(f"gpu_models needs one model per GPU: {len(self.gpu_models)} given for "
+                             f"hardware.num_gpus = {self.hardware.num_gpus}")
         names = [c.name for c in self.compare]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -380,6 +386,7 @@ class LoadedScenario:
         self.path, self.sc = path, sc
         self.name = sc.name or path.stem
         self.model = self._model()
+        self.gpu_models = [self._model(m, f"gpu_models.{k}") for k, m in enumerate(sc.gpu_models or [])]
         self.hardware = self._hardware()
         self.cost = self._cost()
         self.requests = self._requests() if sc.workload is not None else None
@@ -397,14 +404,14 @@ class LoadedScenario:
         beside = self.path.parent / q
         return beside if beside.exists() or not q.exists() else q
 
-    def _model(self) -> ModelSpec:
-        ref = self.sc.model
+    def _model(self, ref: str | None = None, where: str = "model") -> ModelSpec:
+        ref = self.sc.model if ref is None else ref
         if ref.endswith(".json") or "/" in ref:
             ref = str(self.resolve_path(ref))
         try:
             return get_model(ref)
         except ModelSpecError as e:
-            raise self._err("model", str(e)) from None
+            raise self._err(where, str(e)) from None
 
     def _hardware(self) -> HardwareSpec:
         try:
@@ -497,8 +504,14 @@ class LoadedScenario:
                                     num_gpus=self.sc.hardware.num_gpus, router=self.sc.cluster.router,
                                     until_s=self.sc.until_s, timeline_max_spans=o.timeline_max_spans,
                                     detail_iterations=o.detail_iterations, sample_interval_s=o.sample_interval_s)
+        model: Any = self.model
+        if self.gpu_models:  # one model per GPU, each with its own cost model
+            if self.sc.hardware.profile is not None:
+                raise self._err("gpu_models", "a calibrated profile covers one model; drop hardware.profile")
+            model = self.gpu_models
+            args["cost"] = [RooflineCostModel(m, self.hardware) for m in self.gpu_models]
         args.update(kw)
-        return simulate(self.model, self.hardware, self.requests, policies if policies is not None else self.policies(),
+        return simulate(model, self.hardware, self.requests, policies if policies is not None else self.policies(),
                         **args)
 
     def resolved(self) -> dict[str, Any]:

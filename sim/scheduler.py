@@ -21,6 +21,8 @@ from .memory import EngineConfig
 from .request import Request, State
 
 AdmitHook = Callable[[Request, float], "str | None"]
+# An admit hook returns None (admit), a reason (reject for good) or DEFER (leave the queue as it is for now).
+DEFER = "<defer>"
 
 
 @dataclass
@@ -243,6 +245,8 @@ class Scheduler:
             req = self.waiting[0]
             if self.admit_hook is not None:
                 reason = self.admit_hook(req, now)
+                if reason == DEFER:
+                    break
                 if reason:
                     self.reject(req, reason, now)
                     continue

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import DeepSpeed, InstanceContext, NoOffload, OffloadPolicy, SelectNStatic, Uva
+from .flexgen import FlexGenSLO
+from .prefetch import GroupPrefetch
+from .selectn import SelectN
 
 PolicyFactory = Callable[..., OffloadPolicy]
 
@@ -13,6 +16,9 @@ REGISTRY: dict[str, PolicyFactory] = {
     "deepspeed": DeepSpeed,
     "uva": Uva,
     "selectn-static": SelectNStatic,
+    "selectn": SelectN,
+    "flexgen": FlexGenSLO,
+    "prefetch": GroupPrefetch,
 }
 
 
@@ -31,4 +37,4 @@ def make_policy(kind: str, **params: Any) -> OffloadPolicy:
 
 
 __all__ = ["REGISTRY", "register", "make_policy", "OffloadPolicy", "InstanceContext", "NoOffload", "DeepSpeed",
-           "Uva", "SelectNStatic"]
+           "Uva", "SelectNStatic", "SelectN", "FlexGenSLO", "GroupPrefetch"]

@@ -65,7 +65,8 @@ class OffloadPolicy(ABC):
         return inst.plan
 
     def admit(self, inst: "Instance", req: "Request", now: float) -> str | None:
-        """None to admit; a reason string to reject the request for good."""
+        """None to admit; a reason string to reject the request for good; `sim.scheduler.DEFER` to leave it
+        (and the queue behind it) waiting for now."""
         return None
 
     @property

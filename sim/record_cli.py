@@ -1,0 +1,96 @@
+"""``python -m sim.record SCENARIO.yaml``: build Select-N's performance record for a scenario's model(s) and
+hardware, print i_min/i_max per grid point, and save it.
+
+    python -m sim.record scenarios/selectn_a_decode.yaml                      # from the scenario's cost model
+    python -m sim.record S.yaml --layer-times DIR/layer_times.csv --copy-bandwidth DIR/copy_bandwidth.csv
+    python -m sim.record S.yaml --out record.json --slo-x 2.0 --slo-levels 1.25,1.5,2,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .record import DEFAULT_SLO_LEVELS, PerformanceRecord
+from .scenario import ScenarioError, load_scenario
+
+
+def table(rec: PerformanceRecord, phase: str, slo_x: float, max_seq: int | None = None) -> pd.DataFrame:
+    """Rows: batch size; columns: sequence length; cells ``i_min-i_max`` (``-``: no interval meets the SLO
+    and fits; ``none``: nothing needs to be offloaded and nothing may be)."""
+    L = rec.num_layers
+    bs, ss = rec.grid[phase]
+    ss = [s for s in ss if max_seq is None or s <= max_seq]
+
+    def cell(b: int, s: int) -> str:
+        e = rec.entries.get((phase, b, s))
+        if e is None:
+            return ""
+        lo = e.i_min.get(slo_x)
+        hi = e.i_max
+        if lo is None or hi == 0 or lo > hi:
+            return "-"
+        fmt = lambda i: "none" if i > L else str(i)  # noqa: E731
+        return fmt(lo) if lo == hi else f"{fmt(lo)}-{fmt(hi)}"
+
+    return pd.DataFrame([[cell(b, s) for s in ss] for b in bs], index=pd.Index(bs, name="batch"),
+                        columns=pd.Index(ss, name=f"{phase} seq"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sim.record", description=__doc__.splitlines()[0])
+    ap.add_argument("scenario")
+    ap.add_argument("--out", help="record file (default: record-<model>-<gpu>.json beside the working dir)")
+    ap.add_argument("--slo-levels", default=",".join(str(x) for x in DEFAULT_SLO_LEVELS),
+                    help="SLO levels as multiples of the no-offload time of each grid point")
+    ap.add_argument("--slo-x", type=float, default=1.5, help="which level the printed tables show")
+    ap.add_argument("--layer-times", help="the profiler's layer_times.csv (measured record)")
+    ap.add_argument("--copy-bandwidth", help="the profiler's copy_bandwidth.csv (with --layer-times)")
+    args = ap.parse_args(argv)
+    try:
+        sc = load_scenario(args.scenario)
+        levels = tuple(float(x) for x in args.slo_levels.split(","))
+    except (ScenarioError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.slo_x not in levels:
+        levels = tuple(sorted(set(levels) | {args.slo_x}))
+    models = sc.gpu_models or [sc.model]
+    seen = set()
+    for model in models:
+        if model.name in seen:
+            continue
+        seen.add(model.name)
+        try:
+            if args.layer_times:
+                rec = PerformanceRecord.from_measurements(model, sc.hardware, args.layer_times, args.copy_bandwidth,
+                                                          sc.engine, slo_levels=levels)
+            else:
+                cost = sc.cost if model is sc.model else None
+                if cost is None:
+                    from .cost import RooflineCostModel
+                    cost = RooflineCostModel(model, sc.hardware)
+                rec = PerformanceRecord.build(model, sc.hardware, cost, sc.engine, slo_levels=levels)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.out) if args.out and len(models) == 1 else Path(
+            f"record-{model.name}-{sc.hardware.name}.json" if not args.out else
+            f"{Path(args.out).stem}-{model.name}{Path(args.out).suffix or '.json'}")
+        rec.save(out)
+        print(rec.describe())
+        print(f"i_min-i_max at SLO = {args.slo_x}x the no-offload time of each point "
+              f"(interval {rec.num_layers + 1} = none offloaded; '-' = infeasible)")
+        with pd.option_context("display.width", 250, "display.max_columns", 40):
+            for phase in ("prefill", "decode"):
+                print(table(rec, phase, args.slo_x, model.max_position).to_string())
+                print()
+        print(f"saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
