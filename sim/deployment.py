@@ -3,6 +3,7 @@ host memory of their nodes, fed by one arrival stream. Runs one policy over one 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Literal
@@ -20,6 +21,14 @@ from .request import Request, State
 from .timeline import Timeline
 
 Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
+
+
+def _delay_to(now: float, t: float) -> float:
+    """The smallest delay d with now + d >= t in floating point, so nothing happens before its time."""
+    d = t - now
+    while now + d < t:
+        d = math.nextafter(d, math.inf)
+    return d
 
 
 @dataclass
@@ -83,6 +92,8 @@ class Deployment:
         bus = f"bus{self.fabric.bus_of(int(gpu[3:]))}" if gpu.startswith("gpu") else gpu
         direction = resource.rsplit("/", 1)[-1]
         self.timeline.add(f"{bus}/{direction}", tag, start, end, -1, nbytes, f"{gpu} {tag}")
+        if tag not in ("weights", "uva"):  # weight reads are on the GPU's track already (the instance records them)
+            self.timeline.add(resource, tag, start, end, -1, nbytes)
 
     def route(self, req: Request) -> Instance:
         if self.router == "round-robin" or len(self.instances) == 1:
@@ -95,7 +106,7 @@ class Deployment:
         env = self.env
         for req in requests:
             if req.arrival_s > env.now:
-                yield env.timeout(req.arrival_s - env.now)
+                yield env.timeout(_delay_to(env.now, req.arrival_s))
             self.route(req).enqueue(req)
         for inst in self.instances:
             inst.close()

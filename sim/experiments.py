@@ -191,30 +191,13 @@ def simulate_fixed_batch(model: ModelSpec, hw: HardwareSpec, cost: CostModel,
 
 
 def load_experiment_file(path: str | Path) -> tuple[ModelSpec, list[FixedBatchExperiment]]:
-    """The model and the ``experiments:`` list of a scenario file (the rest of the scenario is ignored
-    here; `sim.scenario` validates whole scenarios)."""
-    import yaml
-    from pydantic import TypeAdapter, ValidationError
+    """The model and the ``experiments:`` list of a scenario file, validated like any scenario
+    (`sim.scenario`); errors are `sim.scenario.ScenarioError` with a one-line message."""
+    from .scenario import load_scenario  # late: sim.scenario imports this module
 
-    from .model import get_model
+    loaded = load_scenario(path)
+    if not loaded.sc.experiments:
+        from .scenario import ScenarioError
 
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: scenario file not found") from None
-    if not isinstance(data, dict) or "model" not in data or "experiments" not in data:
-        raise ValueError(f"{path.name}: needs the keys 'model' and 'experiments'")
-    m = data["model"]
-    model_ref = m.get("name") or m.get("config") if isinstance(m, dict) else m
-    mpath = Path(str(model_ref))
-    if not mpath.is_absolute() and (path.parent / mpath).exists():
-        model_ref = str(path.parent / mpath)
-    model = get_model(str(model_ref))
-    try:
-        exps = TypeAdapter(list[FixedBatchExperiment]).validate_python(data["experiments"])
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise ValueError(f"{path.name}: experiments.{loc}: {err['msg']}") from None
-    return model, exps
+        raise ScenarioError(f"{Path(path).name}: experiments: needs at least one fixed-batch experiment")
+    return loaded.model, list(loaded.sc.experiments)

@@ -194,8 +194,10 @@ class Instance:
         link_work = bool(tasks) or (plan.mode == "uva" and bool(plan.offloaded))
         record = self.detail_left > 0 and self.timeline is not None
         lat = ctx.hw.link_latency_s
-        if self.private and not (link_work and swaps) and self.fabric.idle(self.h2d_route) \
-                and self.fabric.idle(self.d2h_route):
+        # Closed form when this iteration moves nothing over the host link, or when the link is private
+        # and idle and only one kind of traffic (weights or swaps) uses it.
+        if not (link_work or swaps) or (self.private and not (link_work and swaps)
+                                        and self.fabric.idle(self.h2d_route) and self.fabric.idle(self.d2h_route)):
             swap_ready = None
             if swaps:
                 swap_ready = now

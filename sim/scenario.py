@@ -350,8 +350,10 @@ def _format(path: Path, e: ValidationError) -> str:
 _TAGS = {"poisson", "gamma", "constant", "batch", "fixed", "uniform", "lognormal", "empirical"}
 
 
-def load_scenario(path: str | Path, seed: int | None = None) -> "LoadedScenario":
-    """Parse and validate a scenario file; resolve the model, hardware, cost model and requests."""
+def load_scenario(path: str | Path, seed: int | None = None, trace: str | Path | None = None) -> "LoadedScenario":
+    """Parse and validate a scenario file; resolve the model, hardware, cost model and requests.
+    ``seed`` replaces the scenario's seed; ``trace`` replaces ``workload.trace.path`` (a path relative to the
+    working directory, as given on a command line)."""
     path = Path(path)
     if not path.exists():
         raise ScenarioError(f"{path}: scenario file not found")
@@ -363,6 +365,12 @@ def load_scenario(path: str | Path, seed: int | None = None) -> "LoadedScenario"
         raise ScenarioError(f"{path.name}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path.name}: (top level): must be a mapping of keys, got {type(data).__name__}")
+    if trace is not None:
+        w = data.get("workload")
+        if not isinstance(w, dict) or not isinstance(w.get("trace"), dict):
+            raise ScenarioError(f"{path.name}: workload.trace: a trace path was given ({trace}) but this scenario "
+                                "replays no trace")
+        w["trace"]["path"] = str(Path(trace).expanduser().resolve())
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
@@ -452,7 +460,9 @@ class LoadedScenario:
                                      tuple(TraceBurst(b.start_s, b.duration_s, b.rate_scale) for b in t.bursts)
                                      ).generate(self.sc.seed)
         except WorkloadError as e:
-            raise self._err("workload.trace.path", str(e)) from None
+            hint = ("; relative paths are resolved beside the scenario file (or pass --trace PATH)"
+                    if "not found" in str(e) else "")
+            raise self._err("workload.trace.path", f"{e}{hint}") from None
         a = w.arrivals
         arr = (Poisson(a.rate_per_s) if isinstance(a, PoissonArrivals) else
                Gamma(a.rate_per_s, a.cv) if isinstance(a, GammaArrivals) else
@@ -486,8 +496,9 @@ class LoadedScenario:
     def policies(self) -> list[PolicySpec]:
         return [c.spec() for c in self.sc.compare]
 
-    def simulate(self, **kw: Any) -> dict[str, PolicyRun]:
-        """Run every compared policy on the scenario's requests (keyword arguments go to `simulate`)."""
+    def simulate(self, policies: list[PolicySpec] | None = None, **kw: Any) -> dict[str, PolicyRun]:
+        """Run every compared policy (or the given ones) on the scenario's requests (keyword arguments go to
+        `simulate`)."""
         if self.requests is None:
             raise self._err("workload", "this scenario has no workload (only fixed-batch experiments)")
         o = self.sc.output
@@ -496,7 +507,8 @@ class LoadedScenario:
                                     until_s=self.sc.until_s, timeline_max_spans=o.timeline_max_spans,
                                     detail_iterations=o.detail_iterations, sample_interval_s=o.sample_interval_s)
         args.update(kw)
-        return simulate(self.model, self.hardware, self.requests, self.policies(), **args)
+        return simulate(self.model, self.hardware, self.requests, policies if policies is not None else self.policies(),
+                        **args)
 
     def resolved(self) -> dict[str, Any]:
         """The scenario as run: the validated config plus what was derived from it."""

@@ -50,3 +50,13 @@ def tiny_hw(gpu_bytes: float, **kw) -> HardwareSpec:
                         gpus_per_bus=1, bus_bytes_per_s=1e9, gpu_link_bytes_per_s=1e10, gpu_link_latency_s=0.0,
                         host_memory_bytes=1e12, gpus_per_node=8)
     return replace(base, **kw) if kw else base
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120.0):
+    """``python -m sim.run ARGS`` in a subprocess (the repository on PYTHONPATH, so no install is needed)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "sim.run", *map(str, args)], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,212 @@
+"""``python -m sim.run SCENARIO.yaml [--out DIR] [--seed N] [--quiet] [--trace PATH] [--max-spans N]``
+
+Runs every policy of the scenario's ``compare:`` list on the same requests, shows progress, prints a short
+comparison table and writes the run folder (see `sim.output`). Exit codes: 0 done (a policy that could not
+run is reported and the others still run); 2 bad input (one line on stderr: ``file: field: problem``);
+1 the output folder could not be written; 130 interrupted (Ctrl-C): what was simulated is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .scenario import ScenarioError, load_scenario
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sim.run",
+                                description="Simulate a scenario's compared policies and write a run folder.")
+    p.add_argument("scenario", help="scenario YAML file (see scenarios/)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: reports/<scenario>-<time>/)")
+    p.add_argument("--seed", type=int, metavar="N", help="replace the scenario's seed")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--trace", metavar="PATH", help="replace workload.trace.path (relative to the working directory)")
+    p.add_argument("--max-spans", type=int, metavar="N",
+                   help="timeline spans kept per policy (replaces output.timeline_max_spans)")
+    return p
+
+
+class ProgressDisplay:
+    """A rich progress bar per policy on a terminal, one line per policy otherwise, nothing when quiet."""
+
+    def __init__(self, mode: str, names: list[str], total: int, horizon_s: float) -> None:
+        self.mode, self.names, self.total, self.horizon_s = mode, names, total, horizon_s
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> "ProgressDisplay":
+        if self.mode == "bar":
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("requests \u00b7 {task.fields[sim]}"), TimeElapsedColumn(),
+                                console=Console(stderr=True))
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def _line(self, msg: str) -> None:
+        if self.mode == "lines":
+            print(msg, file=sys.stderr, flush=True)
+
+    def start(self, label: str) -> Callable[[float, int, int], None]:
+        """Called by `simulate` when a policy starts; returns its progress callback."""
+        k = self.names.index(label) + 1 if label in self.names else 0
+        self._line(f"[{k}/{len(self.names)}] {label}: simulating {self.total} requests")
+        if self.bar is not None:
+            self.task = self.bar.add_task(label, total=self.total, sim="")
+
+        def update(now: float, done: int, total: int) -> None:
+            if self.bar is not None:
+                self.bar.update(self.task, completed=done, sim=f"{now:,.0f} s simulated "
+                                f"(arrivals end at {self.horizon_s:,.0f} s)")
+        return update
+
+    def finished(self, label: str, run: Any) -> None:
+        if run.result.error is not None:
+            self._line(f"{label}: could not run")
+        elif self.bar is not None and self.task is not None:
+            res = run.result
+            if res.interrupted:
+                done = int(run.summary.get("finished", 0))
+                self.bar.update(self.task, completed=done, sim=f"interrupted at {res.simulated_s:,.0f} s simulated")
+            else:
+                self.bar.update(self.task, completed=len(run.requests), sim=f"{res.simulated_s:,.0f} s simulated")
+            self.task = None
+        else:
+            state = "interrupted" if run.result.interrupted else "done"
+            self._line(f"{label}: {state} ({run.result.wall_s:.1f} s)")
+
+
+def _fmt(x: float | None, fmt: str, scale: float = 1.0) -> str:
+    return "-" if x is None or not math.isfinite(x) else format(x * scale, fmt)
+
+
+def print_table(runs: dict[str, Any], not_run: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_edge=False, pad_edge=False, header_style="bold")
+    t.add_column("policy", no_wrap=True, min_width=max([6, *map(len, runs), *map(len, not_run)]))
+    for col in ("SLO attain.", "tokens/s", "p99 TTFT (s)", "p99 TPOT (ms)", "host mem (GiB)", "finished",
+                "rejected"):
+        t.add_column(col, justify="right")
+    for name, r in runs.items():
+        s = r.summary
+        if s.get("error") is not None:
+            t.add_row(name, "could not run", "", "", "", "", "0", str(s["requests"]))
+            continue
+        t.add_row(name, _fmt(s["slo_attainment"], ".1%"), _fmt(s["throughput_tokens_per_s"], ",.0f"),
+                  _fmt(s["ttft_s"]["p99"], ".3g"), _fmt(s["tpot_s"]["p99"], ".0f", 1e3),
+                  _fmt(s["host_memory_peak_bytes"], ".1f", 2**-30), str(s["finished"]), str(s["rejected"]))
+    for name in not_run:
+        t.add_row(name, "not run", "", "", "", "", "", "")
+    console = Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    console.print(t)
+
+
+def _all_failed(path: Path, loaded: Any, runs: dict[str, Any]) -> str:
+    names = [c.name for c in loaded.sc.compare]
+    errs = [(names.index(n), n, r.summary["error"]) for n, r in runs.items()]
+    k, name, err = errs[0]
+    if all("does not fit" in e for _, _, e in errs):
+        return f"{path.name}: model: {loaded.model.name} cannot run under any compared policy ({name}: {err})"
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{path.name}: compare.{k} ({name}): could not run: {err}{more}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = Path(args.scenario)
+    try:
+        loaded = load_scenario(path, seed=args.seed, trace=args.trace)
+        if loaded.requests is None:
+            raise ScenarioError(f"{path.name}: workload: required by sim.run (this scenario has only experiments)")
+        if len(loaded.requests) == 0:
+            raise ScenarioError(f"{path.name}: workload: produces no requests")
+    except ScenarioError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted before the simulation started: nothing written", file=sys.stderr)
+        return 130
+    if args.max_spans is not None and args.max_spans < 0:
+        print(f"--max-spans: must be >= 0, got {args.max_spans}", file=sys.stderr)
+        return 2
+    specs = loaded.policies()
+    names = [s.label for s in specs]
+    kw: dict[str, Any] = {}
+    if args.max_spans is not None:
+        kw["timeline_max_spans"] = args.max_spans
+    mode = "off" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
+    horizon = loaded.sc.until_s or float(loaded.requests.arrival_s[-1])
+    runs: dict[str, Any] = {}
+    interrupted = False
+    t0 = time.perf_counter()
+    try:
+        with ProgressDisplay(mode, names, len(loaded.requests), horizon) as display:
+            for k, spec in enumerate(specs):
+                run = loaded.simulate([spec], progress=display.start if mode != "off" else None, **kw)[spec.label]
+                runs[spec.label] = run
+                display.finished(spec.label, run)
+                if run.result.interrupted:
+                    interrupted = True
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+    wall = time.perf_counter() - t0
+    failed = [n for n, r in runs.items() if r.summary.get("error") is not None]
+    if runs and not interrupted and len(failed) == len(runs):
+        print(_all_failed(path, loaded, runs), file=sys.stderr)
+        return 2
+    for n in failed:
+        k = names.index(n)
+        print(f"warning: {path.name}: compare.{k} ({n}): could not run: {runs[n].summary['error']}", file=sys.stderr)
+
+    from .output import default_out_dir, write_run
+    from .report.verdict import verdict
+
+    lines = verdict({n: r.summary for n, r in runs.items()}, loaded.slo.ttft_s, loaded.slo.tpot_s, interrupted)
+    out = Path(args.out) if args.out else default_out_dir(loaded.name)
+    try:
+        write_run(out, loaded, runs, lines, interrupted=interrupted, wall_s=wall,
+                  argv=["python", "-m", "sim.run", *(argv if argv is not None else sys.argv[1:])])
+    except OSError as e:
+        print(f"{out}: cannot write the run folder: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print_table(runs, [n for n in names if n not in runs])
+    print()
+    for line in lines:
+        print(line)
+    if interrupted:
+        print(f"interrupted: partial results written to {out}", file=sys.stderr)
+        return 130
+    print(f"\nwrote {out}/ (scenario.yaml, summary.json, requests.csv, timeline.json, report.html); "
+          f"simulating took {wall:.1f} s")
+    return 0
+
+
+def cli() -> None:
+    """Entry point: `main` with a quiet exit when stdout is closed early (``| head``)."""
+    import os
+
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()
