@@ -122,6 +122,14 @@ class ClusterInstance(Instance):
     def capacity_blocks(self) -> int:
         return self.bm.num_blocks
 
+    def head_blocks(self) -> int:
+        """Blocks the first queued request needs to be admitted, the admission watermark included."""
+        s = self.sched
+        q = s.swapped if s.swapped else s.waiting
+        if not q:
+            return 0
+        return q.need(q[0]) + (0 if s.swapped else int(s.cfg.watermark * self.bm.num_blocks))  # type: ignore[attr-defined]
+
     # --- boundaries, moves, holds ----------------------------------------------------------------------
     @property
     def idle(self) -> bool:
