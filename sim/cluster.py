@@ -192,15 +192,6 @@ class ClusterInstance(Instance):
         self.in_flight = True
         if self.group is not None:
             timing = yield from self.group.execute(self, batch)
-        elif not self.private and not self.policy.uses_host_link and not batch.swap_in_bytes \
-                and not batch.swap_out_bytes:
-            # An iteration that moves nothing over the host link does not depend on the fabric: time it in
-            # closed form (the event-level executor would give the same floats, only slower).
-            self.private = True
-            try:
-                timing = yield from super()._execute(batch)
-            finally:
-                self.private = False
         else:
             timing = yield from super()._execute(batch)
         return timing
