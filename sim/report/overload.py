@@ -1,5 +1,5 @@
-"""Memory overload over time (clusters): the KV capacity of the cluster and the KV in use, and the tail
-time to first token of the requests arriving in each window -- what parameter dropping changes."""
+"""Memory overload over time: the KV capacity (summed over GPUs) and the KV in use, and the tail time to first
+token of the requests arriving in each window -- what parameter dropping changes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .data import PolicyData, ReportData, on_grid, time_grid
 
 
 def shown(data: ReportData) -> bool:
-    return data.num_gpus > 1 and any("kv_capacity_tokens" in p.series for p in data.ran)
+    return any("kv_capacity_tokens" in p.series for p in data.ran)
 
 
 def _used_tokens(p: PolicyData) -> PolicyData:
@@ -37,7 +37,7 @@ def rolling_p99_ttft(p: PolicyData, window_s: float) -> tuple[np.ndarray, np.nda
 
 def capacity_and_ttft(data: ReportData, window_s: float = 5.0) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=("KV cache of the cluster: capacity (solid) and in use (dotted)",
+                        subplot_titles=("KV cache, summed over GPUs: capacity (solid) and in use (dotted)",
                                         f"P99 TTFT of the requests arriving in each {window_s:g} s"))
     grid = time_grid(data)
     for p in data.ran:
