@@ -3,6 +3,7 @@
     python scripts/kunserve_burst.py                         # both shipped variants (A100, H100)
     python scripts/kunserve_burst.py scenarios/kunserve_burst.yaml --trace PATH/azure_conv_2023.csv
     python scripts/kunserve_burst.py --sensitivity           # + how the ratio depends on the burst's size
+    python scripts/kunserve_burst.py --variants              # + KunServe with naive micro-batches / pipeline
 
 "During the burst" means the requests that *arrive* inside the scenario's trace burst window(s)
 (``workload.trace.bursts``: from start_s to start_s + duration_s on the replayed timeline); their TTFT is
@@ -111,6 +112,43 @@ def table(loaded: LoadedScenario, rows: dict[str, dict], wall: float) -> str:
     return "\n".join(out)
 
 
+def _variant(path: Path, d: dict, trace: Path | None, seed: int | None) -> tuple[LoadedScenario, dict, float]:
+    import yaml
+
+    tmp = path.with_name(f".{path.stem}-variant.yaml")
+    tmp.write_text(yaml.safe_dump(d))
+    try:
+        loaded = load_scenario(tmp, seed=seed, trace=trace)
+        rows, wall = measure(loaded)
+    finally:
+        tmp.unlink()
+    return loaded, rows, wall
+
+
+VARIANTS = [  # KunServe with a naive pipeline, to show what the lookahead and the asynchronous pipeline buy
+    {"name": "kunserve-fcfs", "policy": "none", "handler": "kunserve", "handler_params": {"micro_batching": "fcfs"}},
+    {"name": "kunserve-sync", "policy": "none", "handler": "kunserve", "handler_params": {"overlap_steps": False}},
+    {"name": "kunserve-fcfs-sync", "policy": "none", "handler": "kunserve",
+     "handler_params": {"micro_batching": "fcfs", "overlap_steps": False}},
+]
+
+
+def variants(path: Path, trace: Path | None, seed: int | None) -> str:
+    import yaml
+
+    d = yaml.safe_load(path.read_text())
+    d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")] + VARIANTS
+    _, rows, _ = _variant(path, d, trace, seed)
+    out = [f"**{path.stem}**: KunServe's pipeline variants", "",
+           "| variant | P99 TTFT, burst (s) | TPOT p50 / p99 (ms) | bubbles (share of pipelined GPU time) |",
+           "|---|---:|---:|---:|"]
+    for name, r in rows.items():
+        b = "" if r["bubble_share"] is None else f"{r['bubble_share']:.0%}"
+        out.append(f"| {name} | {r['burst_p99_ttft_s']:.2f} | {r['tpot_p50_s'] * 1e3:.0f} / "
+                   f"{r['tpot_p99_s'] * 1e3:.0f} | {b} |")
+    return "\n".join(out)
+
+
 def sensitivity(path: Path, trace: Path | None, scales: list[float]) -> str:
     """The recompute / KunServe ratio as the burst's extra load grows (burst rate_scale)."""
     import yaml
@@ -121,13 +159,7 @@ def sensitivity(path: Path, trace: Path | None, scales: list[float]) -> str:
     for sc in scales:
         d["workload"]["trace"]["bursts"][0]["rate_scale"] = sc
         d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")]
-        tmp = path.with_name(f".{path.stem}-sens.yaml")
-        tmp.write_text(yaml.safe_dump(d))
-        try:
-            loaded = load_scenario(tmp, trace=trace)
-            rows, _ = measure(loaded)
-        finally:
-            tmp.unlink()
+        _, rows, _ = _variant(path, d, trace, None)
         a, b = rows["recompute"]["burst_p99_ttft_s"], rows["kunserve"]["burst_p99_ttft_s"]
         out.append(f"| {sc:g} | {a:.2f} | {b:.2f} | {a / b:.1f}x |")
     return "\n".join(out)
@@ -138,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("scenarios", nargs="*", type=Path, default=DEFAULT)
     ap.add_argument("--trace", type=Path, default=None, help="azure_conv_2023.csv (default: ../shared beside the checkout)")
     ap.add_argument("--sensitivity", action="store_true", help="also vary the burst's size")
+    ap.add_argument("--variants", action="store_true", help="also KunServe with FCFS micro-batches / a synchronous pipeline")
     ap.add_argument("--seed", type=int, default=None, help="replace the scenarios' seed")
     args = ap.parse_args(argv)
     trace = args.trace or find_trace()
@@ -147,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         rows, wall = measure(loaded)
         print(table(loaded, rows, wall))
         print()
+        if args.variants:
+            print(variants(path, trace, seed))
+            print()
         if args.sensitivity:
             print(sensitivity(path, trace, [1.1, 1.2, 1.3, 1.5, 2.0]))
             print()
