@@ -25,6 +25,7 @@ from collections import Counter, deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..cost import BatchShape
 from ..request import Request, State
 from ..scheduler import ScheduledBatch, Scheduler
 from .base import OverloadHandler
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from ..cluster import ClusterInstance
     from ..cost import CostModel
     from ..deployment import Deployment
-
-from ..cost import BatchShape
 
 
 class WasteEstimator:
