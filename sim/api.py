@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from .cluster import Cluster
 from .cost import CostModel, RooflineCostModel
-from .deployment import Deployment, Progress, RunResult
+from .deployment import Progress, RunResult
 from .hardware import HardwareSpec, HardwareSpecError, get_hardware
 from .link import HostMemoryError
 from .memory import EngineConfig, ModelDoesNotFit
@@ -106,7 +107,7 @@ def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareS
             handler = make_handler(spec.handler, **spec.handler_params) if spec.handler else None
             overrides = {**(handler.engine_overrides() if handler else {}), **spec.engine}
             eng = EngineConfig(**{**base_engine.__dict__, **overrides}) if overrides else base_engine
-            dep = Deployment(model, hw, cost, lambda s=spec: make_policy(s.kind, **s.params), eng, num_gpus,
+            dep = Cluster(model, hw, cost, lambda s=spec: make_policy(s.kind, **s.params), eng, num_gpus,
                              router, tl, detail_iterations, sample_interval_s)  # type: ignore[arg-type]
             if handler is not None:
                 handler.attach(dep)

@@ -49,6 +49,8 @@ class RunResult:
 
 
 class Deployment:
+    instance_cls: type[Instance] = Instance  # subclasses (sim.cluster) serve with an Instance subclass
+
     def __init__(self, model: ModelSpec | Sequence[ModelSpec], hw: HardwareSpec, cost: CostModel | Sequence[CostModel],
                  policy_factory: Callable[[], OffloadPolicy], engine: EngineConfig | None = None,
                  num_gpus: int = 1, router: Literal["round-robin", "least-loaded"] = "round-robin",
@@ -79,7 +81,7 @@ class Deployment:
             bus = g // hw.gpus_per_bus
             bus_gpus = tuple(x for x in range(num_gpus) if x // hw.gpus_per_bus == bus)
             ctx = InstanceContext(models[g], hw, costs[g], self.engine, g, bus_gpus, self.shared)
-            self.instances.append(Instance(self.env, ctx, policy_factory(), self.fabric,
+            self.instances.append(self.instance_cls(self.env, ctx, policy_factory(), self.fabric,
                                            self.hosts[g // hw.gpus_per_node], timeline, detail_iterations,
                                            sample_interval_s))
         # A bus is private when at most one of its GPUs ever moves data over it; then iterations on it

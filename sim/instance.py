@@ -26,7 +26,10 @@ from .timeline import Timeline
 SAMPLE_FIELDS = ("time_s", "gpu", "waiting", "running", "swapped", "kv_used_blocks", "kv_total_blocks",
                  "weights_bytes", "staging_bytes", "workspace_bytes", "kv_pool_bytes", "kv_used_bytes",
                  "usable_bytes", "host_used_bytes", "h2d_bytes_total", "d2h_bytes_total", "bus_h2d_bytes_total",
-                 "offloaded_layers", "interval", "batch_tokens", "decode_seqs", "iteration_s")
+                 "offloaded_layers", "interval", "batch_tokens", "decode_seqs", "iteration_s",
+                 "group", "stages", "kv_capacity_tokens")
+# group: the pipelined group this GPU serves in (-1: alone); stages: pipeline stages of its serving unit;
+# kv_capacity_tokens: this GPU's share of its unit's KV capacity (summing over GPUs gives the cluster's)
 
 
 class Instance:
@@ -253,7 +256,8 @@ class Instance:
                 bm.used * lay.block_bytes, lay.usable_bytes, self.host.used_bytes,
                 self.fabric.bytes_moved[self.h2d_route[0]], self.fabric.bytes_moved[self.d2h_route[0]],
                 self.fabric.bytes_moved[self.h2d_route[1]], self.plan.num_offloaded, self.plan.interval or 0,
-                shape.tokens if shape else 0, shape.decode_tokens if shape else 0, iteration_s)
+                shape.tokens if shape else 0, shape.decode_tokens if shape else 0, iteration_s,
+                -1, 1, bm.num_blocks * bm.block_size)
 
     def gpu_memory_used(self) -> float:
         lay = self.layout

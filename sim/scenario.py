@@ -23,7 +23,7 @@ from .memory import EngineConfig
 from .model import ModelSpec, ModelSpecError, get_model
 from .policies import REGISTRY as POLICIES
 from .workload import (Batch, Burst, Constant, Empirical, Fixed, Gamma, LogNormal, Poisson, RequestSet,
-                       SyntheticWorkload, TraceWorkload, Uniform, WorkloadError, read_trace)
+                       SyntheticWorkload, TraceBurst, TraceWorkload, Uniform, WorkloadError, read_trace)
 
 
 class ScenarioError(ValueError):
@@ -181,12 +181,19 @@ class BurstConfig(_Strict):
     rate_per_s: float = Field(gt=0)
 
 
+class TraceBurstConfig(_Strict):
+    start_s: float = Field(ge=0, description="on the replayed (windowed, time-scaled) timeline")
+    duration_s: float = Field(gt=0)
+    rate_scale: float = Field(gt=0, description="x request count inside the burst")
+
+
 class TraceConfig(_Strict):
     path: str
     window_start_s: float = Field(default=0.0, ge=0)
     window_s: float | None = Field(default=None, gt=0)
     time_scale: float = Field(default=1.0, gt=0, description="x timestamps (0.1 compresses time 10x)")
     rate_scale: float = Field(default=1.0, gt=0, description="x request count at unchanged timing")
+    bursts: list[TraceBurstConfig] = Field(default_factory=list)
 
 
 class WorkloadConfig(_Strict):
@@ -456,7 +463,9 @@ class LoadedScenario:
             if w.trace is not None:
                 t = w.trace
                 return TraceWorkload(self.resolve_path(t.path), t.window_start_s, t.window_s, t.time_scale,
-                                     t.rate_scale, w.max_requests).generate(self.sc.seed)
+                                     t.rate_scale, w.max_requests,
+                                     tuple(TraceBurst(b.start_s, b.duration_s, b.rate_scale) for b in t.bursts)
+                                     ).generate(self.sc.seed)
         except WorkloadError as e:
             hint = ("; relative paths are resolved beside the scenario file (or pass --trace PATH)"
                     if "not found" in str(e) else "")

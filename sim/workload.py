@@ -248,11 +248,22 @@ def read_trace(path: str | Path) -> pd.DataFrame:
     return out
 
 
+@dataclass(frozen=True)
+class TraceBurst:
+    """Extra load on a replayed trace: ``rate_scale`` x the requests arriving in [start_s, start_s +
+    duration_s) of the replayed (windowed, time-scaled) timeline, by replicating them as ``rate_scale`` does."""
+
+    start_s: float
+    duration_s: float
+    rate_scale: float
+
+
 @dataclass
 class TraceWorkload:
     """Replay a trace. ``window_start_s``/``window_s`` cut a window of the original timeline; then
     ``time_scale`` multiplies timestamps (0.1 compresses time 10x) and ``rate_scale`` multiplies the
-    request count at unchanged timing (2.0 duplicates every request, 0.5 keeps each with probability 1/2)."""
+    request count at unchanged timing (2.0 duplicates every request, 0.5 keeps each with probability 1/2).
+    ``bursts`` scale the count further inside windows of the replayed timeline."""
 
     path: Path
     window_start_s: float = 0.0
@@ -260,6 +271,7 @@ class TraceWorkload:
     time_scale: float = 1.0
     rate_scale: float = 1.0
     max_requests: int | None = None
+    bursts: tuple[TraceBurst, ...] = ()
 
     def generate(self, seed: int) -> RequestSet:
         if self.time_scale <= 0 or self.rate_scale <= 0:
@@ -273,19 +285,29 @@ class TraceWorkload:
         t = (df.arrival_s.to_numpy() - self.window_start_s) * self.time_scale
         p, o = df.prompt_tokens.to_numpy(), df.output_tokens.to_numpy()
         if self.rate_scale != 1.0:
-            rng = np.random.default_rng([seed, 3])
-            whole = int(np.floor(self.rate_scale))
-            copies = np.full(len(t), whole) + (rng.random(len(t)) < self.rate_scale - whole)
-            idx = np.repeat(np.arange(len(t)), copies)
-            # replicas land within 1 ms after their original: distinct, but the trace's timing is kept
-            replica = np.r_[False, idx[1:] == idx[:-1]] if len(idx) else np.zeros(0, dtype=bool)
-            jitter = rng.random(len(idx)) * 1e-3 * replica
-            t, p, o = t[idx] + jitter, p[idx], o[idx]
+            t, p, o = _replicate(t, p, o, np.full(len(t), self.rate_scale), np.random.default_rng([seed, 3]))
+        for k, b in enumerate(self.bursts):
+            if b.rate_scale <= 0 or b.duration_s <= 0:
+                raise WorkloadError("a trace burst needs duration_s > 0 and rate_scale > 0")
+            inside = (t >= b.start_s) & (t < b.start_s + b.duration_s)
+            t, p, o = _replicate(t, p, o, np.where(inside, b.rate_scale, 1.0), np.random.default_rng([seed, 4, k]))
         rs = RequestSet(t, p, o)
         if self.max_requests is not None and len(rs) > self.max_requests:
             rs = RequestSet(rs.arrival_s[: self.max_requests], rs.prompt_tokens[: self.max_requests],
                             rs.output_tokens[: self.max_requests])
         return rs
+
+
+def _replicate(t: np.ndarray, p: np.ndarray, o: np.ndarray, scale: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each request becomes floor(scale) copies plus one more with probability frac(scale)."""
+    whole = np.floor(scale).astype(np.int64)
+    copies = whole + (rng.random(len(t)) < scale - whole)
+    idx = np.repeat(np.arange(len(t)), copies)
+    # replicas land within 1 ms after their original: distinct, but the trace's timing is kept
+    replica = np.r_[False, idx[1:] == idx[:-1]] if len(idx) else np.zeros(0, dtype=bool)
+    jitter = rng.random(len(idx)) * 1e-3 * replica
+    return t[idx] + jitter, p[idx], o[idx]
 
 
 def empirical_from_trace(path: str | Path) -> tuple[Empirical, Empirical]:

@@ -1,7 +1,8 @@
 """Memory-overload handlers by name: what a deployment does when KV demand exceeds GPU memory.
 
 ``recompute`` and ``swap`` are vLLM's preemption modes (engine settings). Handlers that act across
-instances (migration, parameter dropping) attach a controller process to the deployment.
+instances attach a controller process to the deployment (a `sim.cluster.Cluster`): ``migrate`` (Llumnix's
+live migration), ``kunserve`` (parameter dropping); ``infercept`` chooses per preempted request.
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import OverloadHandler, Recompute, Swap
+from .infercept import Infercept
+from .kunserve import KunServe
+from .migrate import Migrate
 
 HandlerFactory = Callable[..., OverloadHandler]
 
-REGISTRY: dict[str, HandlerFactory] = {"recompute": Recompute, "swap": Swap}
+REGISTRY: dict[str, HandlerFactory] = {"recompute": Recompute, "swap": Swap, "migrate": Migrate,
+                                       "infercept": Infercept, "kunserve": KunServe}
 
 
 def register(name: str, factory: HandlerFactory) -> None:
@@ -28,4 +33,5 @@ def make_handler(kind: str, **params: Any) -> OverloadHandler:
         raise ValueError(f"handler {kind!r}: bad parameters {params} ({e})") from None
 
 
-__all__ = ["REGISTRY", "register", "make_handler", "OverloadHandler", "Recompute", "Swap"]
+__all__ = ["REGISTRY", "register", "make_handler", "OverloadHandler", "Recompute", "Swap", "Migrate",
+           "Infercept", "KunServe"]

@@ -76,6 +76,8 @@ class ReportData:
         sub = (f"{loaded.model.name} on {sc.hardware.num_gpus}\u00d7 {hw.name} \u00b7 {n_req} requests "
                f"\u00b7 seed {sc.seed}")
         bursts = [(b.start_s, b.start_s + b.duration_s) for b in (sc.workload.bursts if sc.workload else [])]
+        if sc.workload is not None and sc.workload.trace is not None:
+            bursts += [(b.start_s, b.start_s + b.duration_s) for b in sc.workload.trace.bursts]
         return cls(title=loaded.name, subtitle=sub, policies=pols, slo_ttft_s=loaded.slo.ttft_s,
                    slo_tpot_s=loaded.slo.tpot_s, description=sc.description, num_gpus=sc.hardware.num_gpus,
                    gpus_per_bus=hw.gpus_per_bus, gpus_per_node=hw.gpus_per_node,

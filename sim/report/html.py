@@ -10,7 +10,7 @@ from typing import Callable
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from . import activity, latency, memory
+from . import activity, latency, memory, overload
 from .data import GiB, PolicyData, ReportData
 
 CSS = """
@@ -50,6 +50,10 @@ SECTIONS: list[tuple[str, str, str, Callable[[ReportData], go.Figure], Callable[
      "and costs more PCIe time.", activity.intervals, activity.has_intervals),
     ("fig-events", "Timeline events", "Plan changes, parameter drops and restores as recorded on the timeline.",
      activity.events, activity.has_events),
+    ("fig-kv-capacity", "KV capacity and tail TTFT over time",
+     "The cluster's KV capacity and KV in use, summed over GPUs (a parameter drop raises the capacity at once; "
+     "dashed lines mark drops, dotted lines restores), and the P99 TTFT of the requests arriving in each window.",
+     overload.capacity_and_ttft, overload.shown),
 ]
 
 

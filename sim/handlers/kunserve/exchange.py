@@ -1,0 +1,118 @@
+"""KV exchange after a drop: the requests that were running on a member when the group formed still have
+the KV of every layer there; member r now computes only its slice, so each such request's KV of slice r
+must move to member r. A request stalls (out of the scheduler, keeping its blocks) until its KV has moved.
+
+At each of the leader's iteration boundaries up to ``exchange_per_step`` requests (default 8, the authors'
+constant) start moving, origins interleaved so that what members receive and what they send balance. A
+move reserves its incoming KV on the receivers first (``extra``: the group's pool shrinks so admissions
+cannot take that room) and is skipped while a receiver lacks room; the next candidate's blocks are kept
+from admission (``reserve``) so new requests cannot starve the exchange. Each (origin, receiver) pair is
+one transfer over the GPU link (``peer_route``), sharing it with everything else on the fabric. When
+every transfer of the round is done, the origin frees the moved slices and the requests resume.
+
+If no move fits and nothing runs that could free memory, the largest stalled request is preempted by
+recompute (its KV discarded) so the others can move.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Generator
+
+import simpy
+
+from ...request import State
+
+if TYPE_CHECKING:
+    from .group import PipelineGroup
+
+
+def _candidates(grp: "PipelineGroup") -> list[int]:
+    """Stalled request ids, origins interleaved (round-robin over members, each in stall order)."""
+    by_origin: dict[int, deque[int]] = {}
+    for rid, (_req, _kind, o) in grp.unexchanged.items():
+        if rid not in grp.exchanging:
+            by_origin.setdefault(o, deque()).append(rid)
+    out: list[int] = []
+    queues = [by_origin[o] for o in sorted(by_origin)]
+    while queues:
+        for q in queues:
+            out.append(q.popleft())
+        queues = [q for q in queues if q]
+    return out
+
+
+def _incoming(grp: "PipelineGroup", blocks: int, origin: int) -> list[float]:
+    return [0.0 if r == origin else grp.f[r] * blocks for r in range(grp.g)]
+
+
+def exchange(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
+    env, fabric = grp.env, grp.cluster.fabric
+    per_step = grp.params.exchange_per_step
+    lat = grp.hw.gpu_link_latency_s
+    while grp.unexchanged:
+        yield grp.boundary()
+        picks: list[int] = []
+        for rid in _candidates(grp):
+            if len(picks) == per_step:
+                break
+            req, _kind, o = grp.unexchanged[rid]
+            inc = _incoming(grp, req.blocks, o)
+            if grp.fits_move(inc):
+                grp.extra = [a + b for a, b in zip(grp.extra, inc)]
+                grp.exchanging.add(rid)
+                picks.append(rid)
+        rest = [rid for rid in grp.unexchanged if rid not in grp.exchanging]
+        grp.reserve = grp.unexchanged[rest[0]][0].blocks if rest else 0
+        if not picks:
+            if not grp.leader.in_flight:
+                _discard_largest(grp)  # nothing runs that could free memory: make room
+                grp.update_capacity()
+                grp.leader.wake()
+                yield env.timeout(0)  # let the leader schedule first
+            else:
+                grp.update_capacity()
+            continue
+        grp.update_capacity()
+        flows: dict[tuple[int, int], float] = {}
+        for rid in picks:
+            req, _kind, o = grp.unexchanged[rid]
+            for r in range(grp.g):
+                if r != o:
+                    flows[(o, r)] = flows.get((o, r), 0.0) + grp.f[r] * req.blocks * grp.bb
+        events = [fabric.transfer(fabric.peer_route(grp.gpus[o], grp.gpus[r]), b, lat, tag="kv_exchange")
+                  for (o, r), b in flows.items()]
+        grp.cluster.count("kunserve_exchange_bytes", sum(flows.values()))
+        yield simpy.AllOf(env, events)
+        for rid in picks:
+            req, kind, o = grp.unexchanged.pop(rid)
+            grp.exchanging.discard(rid)
+            grp.extra = [a - b for a, b in zip(grp.extra, _incoming(grp, req.blocks, o))]
+            grp.local[o] -= req.blocks
+            grp.leader.put_running(req, kind)
+            grp.cluster.count("kunserve_exchanged_requests")
+        grp.extra = [0.0 if abs(x) < 1e-6 else x for x in grp.extra]
+        if not grp.unexchanged:
+            grp.reserve = 0
+        grp.update_capacity()
+    grp.reserve = 0
+    grp.update_capacity()
+    grp.after_step()
+
+
+def _discard_largest(grp: "PipelineGroup") -> None:
+    cands = [rid for rid in grp.unexchanged if rid not in grp.exchanging]
+    if not cands:
+        return
+    rid = max(cands, key=lambda i: (grp.unexchanged[i][0].blocks, i))
+    req, _kind, o = grp.unexchanged.pop(rid)
+    grp.local[o] -= req.blocks
+    s = grp.leader.sched
+    grp.leader.bm.release(req.blocks)
+    req.blocks = 0
+    req.computed = 0
+    req.preemptions += 1
+    s.preemptions += 1
+    req.state = State.WAITING
+    s.waiting.appendleft(req)
+    grp.cluster.count("kunserve_exchange_discards")

@@ -1,0 +1,71 @@
+"""The KunServe burst scenarios: they load, and a shortened run shows the headline relations."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sim.scenario import load_scenario
+
+from .helpers import REPO, shared_dir
+
+SCENARIOS = REPO / "scenarios"
+
+
+def shortened(tmp_path: Path, name: str, window_s: float, burst_s: float, keep: tuple[str, ...]) -> Path:
+    d = yaml.safe_load((SCENARIOS / f"{name}.yaml").read_text())
+    d["workload"]["trace"]["window_s"] = window_s
+    d["workload"]["trace"]["bursts"][0]["duration_s"] = burst_s
+    d["compare"] = [c for c in d["compare"] if c["name"] in keep]
+    p = tmp_path / f"{name}-short.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def burst_p99(run, start: float, end: float) -> float:
+    df = run.requests
+    b = df[(df.arrival_s >= start) & (df.arrival_s < end)]
+    return float(np.nanpercentile(b.ttft_s, 99))
+
+
+@pytest.mark.parametrize("name", ["kunserve_burst", "kunserve_burst_h100"])
+def test_shipped_burst_scenarios_load(name):
+    sc = load_scenario(SCENARIOS / f"{name}.yaml", trace=shared_dir() / "data" / "traces" / "azure_conv_2023.csv")
+    assert sc.sc.hardware.num_gpus == 4 and sc.model.name == "llama-2-13b"
+    assert [c.handler for c in sc.sc.compare] == ["recompute", "swap", "migrate", "infercept", "kunserve"]
+    assert sc.sc.workload.trace.window_s == 600  # ten minutes of the trace
+    assert "path: ../../shared/data/traces/azure_conv_2023.csv" in (SCENARIOS / f"{name}.yaml").read_text()
+
+
+def test_burst_h100_shortened(tmp_path):
+    """Five minutes of the trace, a 60 s burst: KunServe drops, absorbs the burst and restores; its P99 TTFT
+    during the burst is well below recompute's and migration's (which has no spare instance to move to)."""
+    p = shortened(tmp_path, "kunserve_burst_h100", 300, 60, ("recompute", "migrate", "kunserve"))
+    sc = load_scenario(p, trace=shared_dir() / "data" / "traces" / "azure_conv_2023.csv")
+    runs = sc.simulate(detail_iterations=0)
+    for r in runs.values():
+        assert r.summary["finished"] == r.summary["requests"] == len(sc.requests)
+    p99 = {n: burst_p99(r, 30, 90) for n, r in runs.items()}
+    assert p99["kunserve"] * 2.5 < p99["recompute"] and p99["kunserve"] * 2.5 < p99["migrate"]
+    k = runs["kunserve"]
+    stats = k.result.instances[0].cluster.stats
+    assert stats["drops"] >= 1 and stats["restores"] == stats["drops"]
+    names = [n for _r, n, _t in k.result.timeline.instants]
+    assert any(n.startswith("drop") for n in names) and any(n.startswith("restore") for n in names)
+    # the series show the groups and the KV capacity they add
+    s = k.series
+    assert (s.group >= 0).any() and (s.stages > 1).any()
+    cap = s.groupby("gpu").kv_capacity_tokens
+    assert (cap.max() > cap.min()).all()
+    # TPOT is reported, not hidden: the pipelined groups cost some
+    assert k.summary["tpot_s"]["p99"] >= runs["recompute"].summary["tpot_s"]["p99"] * 0.9
+
+
+def test_burst_a100_shortened(tmp_path):
+    p = shortened(tmp_path, "kunserve_burst", 300, 100, ("recompute", "kunserve"))
+    sc = load_scenario(p, trace=shared_dir() / "data" / "traces" / "azure_conv_2023.csv")
+    runs = sc.simulate(detail_iterations=0)
+    p99 = {n: burst_p99(r, 30, 130) for n, r in runs.items()}
+    assert p99["kunserve"] * 1.3 < p99["recompute"]
+    assert runs["kunserve"].result.instances[0].cluster.stats["drops"] >= 1
