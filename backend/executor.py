@@ -35,7 +35,7 @@ stream at `set_plan` (rare; not charged to an iteration).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch

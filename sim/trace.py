@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from .timeline import Timeline
+from .timeline import Timeline, span_event
 
 
 def standard_tracks(num_gpus: int, gpus_per_bus: int) -> list[str]:
@@ -46,16 +46,7 @@ def merged_chrome_trace(timelines: dict[str, Timeline | None], tracks: Iterable[
             events.append({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
                            "args": {"sort_index": tid}})
         for s in spans:
-            name = s.label or (f"{s.kind} L{s.layer}" if s.layer >= 0 else s.kind)
-            args: dict = {"kind": s.kind}
-            if s.layer >= 0:
-                args["layer"] = s.layer
-            if s.bytes:
-                args["bytes"] = s.bytes
-                if s.end_s > s.start_s:
-                    args["gb_per_s"] = round(s.bytes / (s.end_s - s.start_s) / 1e9, 3)
-            events.append({"ph": "X", "name": name, "cat": s.kind, "pid": pid, "tid": tids[s.resource],
-                           "ts": s.start_s * 1e6, "dur": (s.end_s - s.start_s) * 1e6, "args": args})
+            events.append(span_event(s, pid, tids[s.resource]))
         kept = instants[:max_instants]
         for res, name, t in kept:
             events.append({"ph": "i", "name": name, "cat": "event", "pid": pid, "tid": tids[res], "ts": t * 1e6,

@@ -1,6 +1,6 @@
 """Profiles: write/load round trip, make_cost_model, the committed profiles, and their effect on sim times."""
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

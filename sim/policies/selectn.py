@@ -181,7 +181,6 @@ class SelectN(OffloadPolicy):
 
     # --- the controller -----------------------------------------------------------------------------
     def plan_for(self, inst: "Instance", shape: BatchShape, now: float) -> OffloadPlan:
-        sched = inst.sched
         kind = ("prefill" if shape.prefill_tokens else "decode") if self.separate_phases else "decode"
         cur = self._interval_of(inst.plan)
         mem_ok = self._mem_ok(inst)
@@ -266,7 +265,6 @@ class SelectN(OffloadPolicy):
         batch = inst.current_batch
         budget = INF
         tpot_next, rem_next = INF, INF
-        chunk_budget = max(inst.ctx.engine.max_num_batched_tokens, 1)
         for req, chunk in (batch.prefill if batch is not None else ()):
             left = req.num_tokens - req.computed
             if req.ttft_slo_s < INF and req.first_token_s is None:
