@@ -27,7 +27,7 @@ SAMPLE_FIELDS = ("time_s", "gpu", "waiting", "running", "swapped", "kv_used_bloc
                  "weights_bytes", "staging_bytes", "workspace_bytes", "kv_pool_bytes", "kv_used_bytes",
                  "usable_bytes", "host_used_bytes", "h2d_bytes_total", "d2h_bytes_total", "bus_h2d_bytes_total",
                  "offloaded_layers", "interval", "batch_tokens", "decode_seqs", "iteration_s",
-                 "group", "stages", "kv_capacity_tokens")
+                 "group", "stages", "kv_capacity_tokens", "host_weights_bytes", "host_kv_bytes")
 # group: the pipelined group this GPU serves in (-1: alone); stages: pipeline stages of its serving unit;
 # kv_capacity_tokens: this GPU's share of its unit's KV capacity (summing over GPUs gives the cluster's)
 
@@ -71,6 +71,7 @@ class Instance:
         self.event_iterations = 0
         self.debug_checks = False  # tests: check memory and block invariants every iteration
         self.peak_gpu_bytes = self.gpu_memory_used()
+        self.peak_host_bytes = 0.0  # weights in host memory under the plan + swapped KV, at its highest
         self.track = f"gpu{self.gpu}"
         self.current_batch: ScheduledBatch | None = None  # the iteration being planned/run (policies read it)
 
@@ -170,6 +171,9 @@ class Instance:
             if used > self.peak_gpu_bytes:
                 self.peak_gpu_bytes = used
             timing = yield from self._execute(batch)
+            held = self.plan.host_bytes(self.ctx.model) + sched.swap_bytes_used
+            if held > self.peak_host_bytes:
+                self.peak_host_bytes = held
             sched.complete(batch, env.now)
             self.iterations += 1
             self.busy_s += timing.end_s - timing.start_s
@@ -257,7 +261,7 @@ class Instance:
                 self.fabric.bytes_moved[self.h2d_route[0]], self.fabric.bytes_moved[self.d2h_route[0]],
                 self.fabric.bytes_moved[self.h2d_route[1]], self.plan.num_offloaded, self.plan.interval or 0,
                 shape.tokens if shape else 0, shape.decode_tokens if shape else 0, iteration_s,
-                -1, 1, bm.num_blocks * bm.block_size)
+                -1, 1, bm.num_blocks * bm.block_size, self.plan.host_bytes(self.ctx.model), s.swap_bytes_used)
 
     def gpu_memory_used(self) -> float:
         lay = self.layout

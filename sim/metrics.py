@@ -79,10 +79,13 @@ def summarize(result: RunResult, df: pd.DataFrame | None = None) -> dict[str, An
         "gpu_memory_peak_bytes": float(max((i.peak_gpu_bytes for i in result.instances), default=0.0)),
         "gpu_memory_mean_bytes": float(used.mean()) if len(used) else 0.0,
         "kv_used_peak_bytes": float(samples.kv_used_bytes.max()) if len(samples) else 0.0,
-        "host_memory_peak_bytes": float(max((h.peak_bytes for h in result.hosts), default=0.0)),
+        # host memory the policy actually holds: offloaded weights under its plans + swapped KV (per GPU
+        # peaks summed); the pinned reservation (a host copy of every layer it may offload) is separate
+        "host_memory_peak_bytes": float(sum(i.peak_host_bytes for i in result.instances)),
+        "host_memory_reserved_peak_bytes": float(max((h.peak_bytes for h in result.hosts), default=0.0)),
         "host_weight_bytes": float(sum(i.host_weight_bytes for i in result.instances)),
-        "offloaded_weight_bytes_mean": float(
-            np.mean([s for s in samples.offloaded_layers]) * result.instances[0].layer_bytes) if len(samples) else 0.0,
+        "offloaded_weight_bytes_mean": float(samples.groupby("gpu").host_weights_bytes.mean().sum())
+        if len(samples) else 0.0,
         "pcie_h2d_utilization": h2d_util,
         "pcie_d2h_utilization": d2h_util,
         "preemptions": int(sum(i.sched.preemptions for i in result.instances)),

@@ -30,7 +30,12 @@ def test_policies_on_same_requests():
     assert tp["none"] < tp["selectn-static"] < tp["deepspeed"]
     assert out["none"].summary["pcie_h2d_utilization"] == 0
     assert out["deepspeed"].summary["pcie_h2d_utilization"] > 0.5
+    # i=4 on 40 layers: 10 layers of 634 MB in host memory for the whole run
     assert out["selectn-static"].summary["host_weight_bytes"] == pytest.approx(10 * 634e6, rel=0.01)
+    assert out["selectn-static"].summary["offloaded_weight_bytes_mean"] == pytest.approx(10 * 634e6, rel=0.01)
+    assert out["selectn-static"].summary["host_memory_peak_bytes"] == pytest.approx(10 * 634e6, rel=0.01)
+    assert out["none"].summary["host_memory_peak_bytes"] == 0.0
+    assert out["uva"].summary["host_memory_peak_bytes"] == pytest.approx(5 * 2**30, rel=0.15)
 
 
 def test_a_policy_that_cannot_run_does_not_stop_the_others():

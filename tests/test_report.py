@@ -17,24 +17,24 @@ from sim.workload import Burst, LogNormal, Poisson, SyntheticWorkload
 def summ(att: float, tput: float, **kw) -> dict:
     base = {"requests": 1000, "finished": 1000, "rejected": 0, "slo_attainment": att,
             "throughput_tokens_per_s": tput, "ttft_s": {"p50": 0.5, "p99": 1.0}, "tpot_s": {"p50": 0.05, "p99": 0.08},
-            "host_weight_bytes": 0.0}
+            "offloaded_weight_bytes_mean": 0.0}
     base.update(kw)
     return base
 
 
 def test_verdict_headline_names_the_best_and_the_ratio():
-    v = verdict({"flexgen": summ(0.62, 1000.0), "select-n": summ(0.994, 1600.0, host_weight_bytes=3 * 2**30)},
+    v = verdict({"flexgen": summ(0.62, 1000.0), "select-n": summ(0.994, 1600.0, offloaded_weight_bytes_mean=3 * 2**30)},
                 ttft_slo_s=2.0, tpot_slo_s=0.1)
     assert v[0] == ("select-n meets the SLO for 99.4% of requests at 1.6\u00d7 the throughput of flexgen, "
                     "the next best (62.0%).")
-    assert "select-n keeps 3.0 GiB of weights in host memory." in v
+    assert "select-n keeps 3.0 GiB of weights in host memory on average." in v
 
 
 def test_verdict_explains_misses_failures_rejections_and_interruptions():
     s = {"none": summ(0.99, 900.0),
          "deepspeed": summ(0.0, 100.0, tpot_s={"p50": 0.55, "p99": 0.6}, rejected=3, finished=997),
          "uva-big": {"error": "host memory exhausted: weights need 90 GiB.", "requests": 1000},
-         "selectn": summ(0.99, 880.0, host_weight_bytes=2**30)}
+         "selectn": summ(0.99, 880.0, offloaded_weight_bytes_mean=2**30)}
     v = verdict(s, ttft_slo_s=2.0, tpot_slo_s=0.1, interrupted=True)
     assert v[0] == "Interrupted: these are partial results."
     assert v[1].startswith("none meets the SLO for 99.0% of requests at 1.0\u00d7 the throughput of selectn")

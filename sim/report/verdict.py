@@ -73,12 +73,12 @@ def verdict(summaries: Mapping[str, Mapping[str, Any]], ttft_slo_s: float = math
                 r = ran[a]["throughput_tokens_per_s"] / ran[b]["throughput_tokens_per_s"] \
                     if ran[b].get("throughput_tokens_per_s") else math.inf
                 out.append(f"No SLO set: {a} has the highest throughput, {times(r)} that of {b}.")
-        host = bs.get("host_weight_bytes", 0.0)
+        host = bs.get("offloaded_weight_bytes_mean", 0.0)
         if host > 0:
-            out.append(f"{best} keeps {host / GiB:.1f} GiB of weights in host memory.")
+            out.append(f"{best} keeps {host / GiB:.1f} GiB of weights in host memory on average.")
         if has_slo:  # as good against the SLO, with GPU memory freed: worth saying
             for n in order[1:]:
-                s, h = ran[n], ran[n].get("host_weight_bytes", 0.0)
+                s, h = ran[n], ran[n].get("offloaded_weight_bytes_mean", 0.0)
                 if s["slo_attainment"] >= bs["slo_attainment"] - 0.005 and h > host:
                     out.append(f"{n} also meets it for {pct(s['slo_attainment'])} with {h / GiB:.1f} GiB of "
                                "weights in host memory.")
