@@ -40,7 +40,7 @@ SECTIONS: list[tuple[str, str, str, Callable[[ReportData], go.Figure], Callable[
      "Weights, staging buffers for streamed layers, activation workspace, KV cache in use and free KV blocks; "
      "the dotted line is the usable memory (GPU memory \u00d7 utilisation).", memory.gpu_memory, lambda d: True),
     ("fig-host-memory", "Host memory",
-     "Pinned host memory holding offloaded weights and swapped KV.", memory.host_memory, lambda d: True),
+     "Host memory holding the weights offloaded under the current plan and swapped KV (the pinned reservation for layers a policy may offload later is not drawn).", memory.host_memory, lambda d: True),
     ("fig-pcie", "PCIe utilisation",
      "Bytes moved per second over each link's bandwidth: weight copies, UVA reads and KV swaps.",
      activity.pcie, lambda d: True),

@@ -52,12 +52,12 @@ def gpu_memory(data: ReportData) -> go.Figure:
 
 
 def host_memory(data: ReportData) -> go.Figure:
-    """Host memory in use (pinned weights, swapped KV) summed over nodes."""
+    """Host memory the policies hold: weights offloaded under the current plan plus swapped KV, summed over
+    GPUs (the pinned reservation -- a host copy of every layer a policy may offload -- is not drawn)."""
     fig = go.Figure()
     grid = time_grid(data)
-    first_of_node = list(range(0, data.num_gpus, data.gpus_per_node))
     for p in data.ran:
-        y = on_grid(p, "host_used_bytes", grid, gpus=first_of_node) / GiB
+        y = (on_grid(p, "host_weights_bytes", grid) + on_grid(p, "host_kv_bytes", grid)) / GiB
         fig.add_trace(go.Scatter(x=grid, y=y, mode="lines", name=p.name, line={"color": data.color(p.name)},
                                  hovertemplate=f"{p.name}: %{{y:.2f}} GiB<extra></extra>"))
     fig.update_yaxes(title_text="host memory used (GiB)", rangemode="tozero")
