@@ -17,7 +17,7 @@ import pandas as pd
 
 from .cluster import Cluster
 from .cost import CostModel, RooflineCostModel
-from .deployment import Progress, RunResult
+from .deployment import Progress, RunResult, StopRule
 from .hardware import HardwareSpec, HardwareSpecError, get_hardware
 from .link import HostMemoryError
 from .memory import EngineConfig, ModelDoesNotFit
@@ -75,17 +75,38 @@ class PolicyRun:
         return self.result.error is None
 
 
+# What building a deployment raises when a policy cannot run on it (reported per policy, not fatal).
+DEPLOYMENT_ERRORS = (ModelDoesNotFit, PlanError, HostMemoryError, HardwareSpecError, ValueError, KeyError)
+
+
+def build_deployment(spec: PolicySpec, model: ModelSpec | list[ModelSpec], hw: HardwareSpec,
+                     cost: CostModel | list[CostModel], engine: EngineConfig, num_gpus: int = 1,
+                     router: str = "round-robin", timeline: Timeline | None = None, detail_iterations: int = 0,
+                     sample_interval_s: float = 0.25) -> Cluster:
+    """The cluster one policy runs on: its handler's and its own engine settings over ``engine``, a fresh
+    policy per GPU, the handler attached. Raises one of `DEPLOYMENT_ERRORS` if it cannot start."""
+    handler = make_handler(spec.handler, **spec.handler_params) if spec.handler else None
+    overrides = {**(handler.engine_overrides() if handler else {}), **spec.engine}
+    eng = EngineConfig(**{**engine.__dict__, **overrides}) if overrides else engine
+    dep = Cluster(model, hw, cost, lambda: make_policy(spec.kind, **spec.params), eng, num_gpus,
+                  router, timeline, detail_iterations, sample_interval_s)  # type: ignore[arg-type]
+    if handler is not None:
+        handler.attach(dep)
+    return dep
+
+
 def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareSpec | str, requests: RequestSet,
              policies: list[PolicySpec], *, slo: SLO = SLO(), cost: CostModel | list[CostModel] | None = None,
              cost_factory: Callable[[ModelSpec, HardwareSpec], CostModel] | None = None,
              engine: EngineConfig | None = None, num_gpus: int = 1, router: str = "round-robin",
              until_s: float | None = None, timeline_max_spans: int | None = 200_000, detail_iterations: int = 20,
              sample_interval_s: float = 0.25, progress: Callable[[str], Progress] | None = None,
-             ) -> dict[str, PolicyRun]:
+             stop: StopRule | None = None, progress_step_s: float = 5.0) -> dict[str, PolicyRun]:
     """Run each policy on the same requests. A policy that cannot run (model does not fit, bad parameter,
     host memory exhausted) gets a result with ``error`` set and the others still run. A Ctrl-C stops the
     policy in progress (its partial result is kept, marked interrupted) and skips the rest. ``model`` (and
-    ``cost``) may be a list with one entry per GPU (``num_gpus`` long): different models sharing buses."""
+    ``cost``) may be a list with one entry per GPU (``num_gpus`` long): different models sharing buses.
+    ``stop`` is asked every ``progress_step_s`` of simulated time whether to end a policy's run early."""
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
     if isinstance(model, (list, tuple)):  # one model per GPU
         model = [get_model(m) if isinstance(m, str) else m for m in model]
@@ -104,21 +125,17 @@ def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareS
         reqs = requests.to_requests(slo.ttft_s, slo.tpot_s)
         tl = Timeline(max_spans=timeline_max_spans)
         try:
-            handler = make_handler(spec.handler, **spec.handler_params) if spec.handler else None
-            overrides = {**(handler.engine_overrides() if handler else {}), **spec.engine}
-            eng = EngineConfig(**{**base_engine.__dict__, **overrides}) if overrides else base_engine
-            dep = Cluster(model, hw, cost, lambda s=spec: make_policy(s.kind, **s.params), eng, num_gpus,
-                             router, tl, detail_iterations, sample_interval_s)  # type: ignore[arg-type]
-            if handler is not None:
-                handler.attach(dep)
-        except (ModelDoesNotFit, PlanError, HostMemoryError, HardwareSpecError, ValueError, KeyError) as e:
+            dep = build_deployment(spec, model, hw, cost, base_engine, num_gpus, router, tl,  # type: ignore[arg-type]
+                                   detail_iterations, sample_interval_s)
+        except DEPLOYMENT_ERRORS as e:
             msg = e.args[0] if e.args else str(e)
             res = RunResult(spec.label, reqs, error=str(msg))
             for r in reqs:
                 r.reject(f"policy could not run: {msg}", 0.0)
             out[spec.label] = PolicyRun(spec.label, res, summarize(res), requests_frame(res), pd.DataFrame())
             continue
-        res = dep.run(reqs, until_s, progress(spec.label) if progress else None, name=spec.label)
+        res = dep.run(reqs, until_s, progress(spec.label) if progress else None, progress_step_s, spec.label,
+                      stop)
         df = requests_frame(res)
         out[spec.label] = PolicyRun(spec.label, res, summarize(res, df), df, series_frame(res))
         if res.interrupted:

@@ -21,6 +21,9 @@ from .request import Request, State
 from .timeline import Timeline
 
 Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
+# Asked every progress step with the requests and the simulated time; True stops the run (e.g. a capacity
+# search that already knows the SLO target is missed). Unfinished requests are then rejected.
+StopRule = Callable[[Sequence[Request], float], bool]
 
 
 def _delay_to(now: float, t: float) -> float:
@@ -117,34 +120,47 @@ class Deployment:
         for inst in self.instances:
             inst.close()
 
-    def _monitor(self, total: int, progress: Progress, step_s: float) -> Generator[simpy.Event, object, None]:
+    def _monitor(self, requests: list[Request], progress: Progress | None, stop: StopRule | None,
+                 stopped: simpy.Event, step_s: float) -> Generator[simpy.Event, object, None]:
+        total = len(requests)
         while True:
             done = sum(len(i.done) for i in self.instances)
-            progress(self.env.now, done, total)
+            if progress is not None:
+                progress(self.env.now, done, total)
             if done >= total:
+                return
+            if stop is not None and stop(requests, self.env.now):
+                stopped.succeed()
                 return
             yield self.env.timeout(step_s)
 
     def run(self, requests: list[Request], until_s: float | None = None, progress: Progress | None = None,
-            progress_step_s: float = 5.0, name: str = "") -> RunResult:
-        """Serve ``requests`` (sorted by arrival). Stops at ``until_s`` if given; requests unfinished then,
-        or when interrupted (Ctrl-C), are rejected with that reason, so every request ends in one state."""
+            progress_step_s: float = 5.0, name: str = "", stop: StopRule | None = None) -> RunResult:
+        """Serve ``requests`` (sorted by arrival). Stops at ``until_s`` if given, or when ``stop`` (asked
+        every ``progress_step_s``) says so; requests unfinished then, or when interrupted (Ctrl-C), are
+        rejected with that reason, so every request ends in one state."""
         wall0 = time.perf_counter()
         env = self.env
         env.process(self._arrivals(requests))
         procs = [env.process(inst.run()) for inst in self.instances]
-        if progress is not None:
-            env.process(self._monitor(len(requests), progress, progress_step_s))
+        stopped = env.event()
+        if progress is not None or stop is not None:
+            env.process(self._monitor(requests, progress, stop, stopped, progress_step_s))
         interrupted = False
         try:
             if until_s is None:
-                env.run(until=simpy.AllOf(env, procs))
-            else:
+                all_done = simpy.AllOf(env, procs)
+                env.run(until=all_done if stop is None else simpy.AnyOf(env, [all_done, stopped]))
+            elif stop is None:
                 env.run(until=until_s)
+            else:
+                env.run(until=simpy.AnyOf(env, [env.timeout(_delay_to(env.now, until_s)), stopped]))
         except KeyboardInterrupt:
             interrupted = True
         now = env.now
-        reason = "interrupted" if interrupted else f"unfinished at the end of the simulation ({now:.1f} s)"
+        reason = ("interrupted" if interrupted else
+                  f"stopped early at {now:.1f} s: the outcome was decided" if stopped.triggered else
+                  f"unfinished at the end of the simulation ({now:.1f} s)")
         for req in requests:
             if not req.done:
                 if req.state == State.PENDING:

@@ -165,3 +165,11 @@ class OffloadPlan:
             return "all layers resident"
         frac = "" if self.fraction == 1 else f" ({self.fraction:.0%} of each)"
         return f"{self.name}: {self.num_offloaded}/{self.num_layers} layers offloaded{frac}"
+
+
+if __name__ == "__main__":  # ``python -m sim.plan PLAN.yaml``: the capacity planner (sim.planner)
+    import sys
+
+    from sim.planner.cli import main
+
+    sys.exit(main())

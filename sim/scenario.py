@@ -9,7 +9,7 @@ naming the file, the field path and what is allowed
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import yaml
@@ -24,7 +24,7 @@ from .scenario_schema import (  # noqa: F401 -- re-exported: the schema's public
     GammaArrivals, HardwareConfig, Length, LogNormalLength, OutputConfig, PoissonArrivals, SLOConfig,
     SLOReference, Scenario, ScenarioError, TraceConfig, UniformLength, WorkloadConfig, _format,
 )
-from .workload import (Batch, Burst, Constant, Empirical, Fixed, Gamma, LogNormal, Poisson, RequestSet,
+from .workload import (Batch, Burst, Constant, Empirical, Fixed, Gamma, LengthDist, LogNormal, Poisson, RequestSet,
                        SyntheticWorkload, TraceBurst, TraceWorkload, Uniform, WorkloadError, read_trace)
 
 
@@ -58,6 +58,33 @@ def load_scenario(path: str | Path, seed: int | None = None, trace: str | Path |
     return LoadedScenario(path, sc)
 
 
+def resolve_beside(file: Path, p: str) -> Path:
+    """A path from a file the user wrote: relative to that file's folder, else to the working directory."""
+    q = Path(p).expanduser()
+    if q.is_absolute():
+        return q
+    beside = file.parent / q
+    return beside if beside.exists() or not q.exists() else q
+
+
+def length_dist(cfg: Any, which: str, resolve: Callable[[str], Path],
+                error: Callable[[str], ScenarioError]) -> LengthDist:
+    """The length distribution a ``Length`` config names (``which``: prompt or output, the trace column an
+    empirical one resamples); a trace that cannot be read raises ``error(message)``."""
+    if isinstance(cfg, FixedLength):
+        return Fixed(cfg.value)
+    if isinstance(cfg, UniformLength):
+        return Uniform(cfg.low, cfg.high)
+    if isinstance(cfg, LogNormalLength):
+        return LogNormal(cfg.median, cfg.sigma, cfg.min, cfg.max)
+    try:
+        df = read_trace(resolve(cfg.trace))
+    except WorkloadError as e:
+        raise error(str(e)) from None
+    col = "prompt_tokens" if which == "prompt" else "output_tokens"
+    return Empirical(tuple(int(x) for x in df[col]))
+
+
 class LoadedScenario:
     """A validated scenario with everything resolved: model, hardware, cost model, requests, SLO."""
 
@@ -77,11 +104,7 @@ class LoadedScenario:
 
     def resolve_path(self, p: str) -> Path:
         """Relative paths are relative to the scenario file, then to the working directory."""
-        q = Path(p).expanduser()
-        if q.is_absolute():
-            return q
-        beside = self.path.parent / q
-        return beside if beside.exists() or not q.exists() else q
+        return resolve_beside(self.path, p)
 
     def _model(self, ref: str | None = None, where: str = "model") -> ModelSpec:
         ref = self.sc.model if ref is None else ref
@@ -115,18 +138,7 @@ class LoadedScenario:
             raise self._err("hardware.profile", str(e)) from None
 
     def _length(self, cfg: Any, which: str, where: str):
-        if isinstance(cfg, FixedLength):
-            return Fixed(cfg.value)
-        if isinstance(cfg, UniformLength):
-            return Uniform(cfg.low, cfg.high)
-        if isinstance(cfg, LogNormalLength):
-            return LogNormal(cfg.median, cfg.sigma, cfg.min, cfg.max)
-        try:
-            df = read_trace(self.resolve_path(cfg.trace))
-        except WorkloadError as e:
-            raise self._err(f"{where}.trace", str(e)) from None
-        col = "prompt_tokens" if which == "prompt" else "output_tokens"
-        return Empirical(tuple(int(x) for x in df[col]))
+        return length_dist(cfg, which, self.resolve_path, lambda msg: self._err(f"{where}.trace", msg))
 
     def _requests(self) -> RequestSet:
         w = self.sc.workload

@@ -316,6 +316,16 @@ def _describe(err: dict) -> str:
     return err["msg"]
 
 
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, list, Union and Annotated)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    out: list[type[BaseModel]] = []
+    for a in getattr(ann, "__args__", ()) or ():
+        out += _models_in(a)
+    return out
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> str:
     """The keys allowed where an unknown key was found (walks the model along the error location)."""
     cur: Any = model
@@ -325,23 +335,24 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> str:
         fields = getattr(cur, "model_fields", {})
         if part not in fields:
             return ""
-        ann = fields[part].annotation
-        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-        cur = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else (args[0] if args else None)
+        found = _models_in(fields[part].annotation)
+        cur = found[0] if found else None
         if cur is None:
             return ""
     fields = getattr(cur, "model_fields", {})
     return f" (allowed: {', '.join(fields)})" if fields else ""
 
 
-def _format(path: Path, e: ValidationError) -> str:
+def _format(path: Path, e: ValidationError, root: type[BaseModel] | None = None) -> str:
+    """One line for the first validation error: ``file: field.path: problem`` (``root``: the schema the
+    file was validated against, for the allowed keys; default `Scenario`)."""
     err = e.errors()[0]
     # drop union/discriminator tags (e.g. 'poisson', 'function-after[...]') from the path
     loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and ("[" in x or x in _TAGS)))
     where = ".".join(str(x) for x in loc) or "(top level)"
     msg = _describe(err)
     if err["type"] == "extra_forbidden":
-        msg += _allowed_keys(Scenario, loc)
+        msg += _allowed_keys(root or Scenario, loc)
     more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
     return f"{path.name}: {where}: {msg}{more}"
 

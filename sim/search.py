@@ -1,4 +1,4 @@
-"""``python -m sim.search SCENARIO.yaml [--out DIR] [--workers N]``: Select-N's offline search across workloads.
+"""``python -m sim.search SCENARIO.yaml [--out DIR] [--workers N] [--ray ADDRESS]``: Select-N's offline search across workloads.
 
 Sweeps static offloading intervals x workloads (Poisson arrival rates x length mixes) x SLO levels, in
 parallel on every core (`sim.sweep`), and reports for each workload and SLO level the range of intervals
@@ -219,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sim.search", description=__doc__.splitlines()[0])
     ap.add_argument("scenario")
     ap.add_argument("--out", metavar="DIR", help="output folder (default: reports/search-<scenario>/)")
-    ap.add_argument("--workers", type=int, help="processes (default: all cores; 1 runs serially)")
+    ap.add_argument("--workers", type=int, help="processes (default: all cores; 1 runs serially); with --ray "
+                    "local: the local instance's CPUs, with a cluster: at most this many at once")
+    ap.add_argument("--ray", metavar="ADDRESS", help="run the sweep on Ray: auto (a running local cluster, else a "
+                    "new local instance), local (a new local instance) or a cluster address (HOST:6379, "
+                    "ray://HOST:10001); needs pip install 'memslo[ray]'")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -228,11 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as e:
         print(e, file=sys.stderr)
         return 2
-    ex = make_executor(args.workers)
+    try:
+        ex = make_executor(args.workers, ray=args.ray)
+        workers = ex.workers  # a Ray pool connects here, so a missing Ray or a bad address fails before the work
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 2
     loads = sum(len(m.rates_per_s or cfg.rates_per_s) for m in cfg.mixes) or len(cfg.rates_per_s)
     n = len(cfg.intervals) * loads
+    where = f" on Ray ({args.ray})" if args.ray else ""
     print(f"{sc.name}: {len(cfg.intervals)} intervals x {loads} loads x "
-          f"{len(cfg.slo_levels)} SLO levels = {n} simulations on {getattr(ex, 'workers', 1)} worker(s)",
+          f"{len(cfg.slo_levels)} SLO levels = {n} simulations on {workers} worker(s){where}",
           file=sys.stderr)
     df = search(sc, ex)
     out = Path(args.out) if args.out else Path("reports") / f"search-{sc.name}"

@@ -1,0 +1,158 @@
+"""The capacity-planning file (``scenarios/capacity.yaml``): schema, validation and loading.
+
+A plan names the models to serve (each with its SLOs and the rates to plan for), the workload's length mix,
+and the candidate space: GPU types with prices, GPU counts, host memory per GPU, and strategies (an offload
+policy plus an optional overload handler, the same entries as a scenario's ``compare:``). Errors come out as
+one line, ``capacity.yaml: field.path: problem``, like a scenario's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..hardware import HardwareSpecError, get_hardware
+from ..model import ModelSpec, ModelSpecError, get_model
+from ..scenario_schema import CompareEntry, EngineSettings, Length, ScenarioError, _format
+from ..scenario import length_dist, resolve_beside
+from ..workload import LengthDist
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCandidate(_Strict):
+    """One model to plan for, with its latency SLOs and the request rates to plan for."""
+
+    name: str | None = Field(default=None, description="label (default: the model)")
+    model: str = Field(description="preset name or path to a Hugging Face config.json")
+    dtype_bytes: int | None = Field(default=None, ge=1, le=4, description="bytes per weight (1 = fp8)")
+    rates_per_s: list[PositiveFloat] = Field(min_length=1, description="request rates to plan for")
+    ttft_s: float = Field(gt=0)
+    tpot_s: float = Field(gt=0)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+
+class GPUCandidate(_Strict):
+    gpu: str
+    usd_per_hour: float = Field(gt=0, description="price of one GPU per hour")
+
+
+class Strategy(CompareEntry):
+    """A scenario ``compare:`` entry plus the smallest GPU count it makes sense on (KunServe drops
+    replicated parameters, so it needs at least two replicas)."""
+
+    min_gpus: int = Field(default=1, ge=1)
+
+
+class PlanWorkload(_Strict):
+    prompt: Length
+    output: Length
+    duration_s: float = Field(default=60.0, gt=0, description="simulated arrival window per evaluation")
+    min_requests: int = Field(default=100, ge=1, description="the window is stretched to hold this many")
+
+
+class SearchSettings(_Strict):
+    target_attainment: float = Field(default=0.99, gt=0, le=1)
+    rate_step: float = Field(default=0.1, gt=0, le=1, description="relative spacing of the rate grid")
+    min_rate_per_s: float | None = Field(default=None, gt=0, description="default: smallest planned rate / 4")
+    max_rate_per_s: float | None = Field(default=None, gt=0, description="default: largest planned rate x 4")
+    bound_slack: float = Field(default=1.5, ge=1, description="x the analytic rate bound before it prunes")
+
+
+class BurstSettings(_Strict):
+    """The burst the chosen configuration is tested with: the planned peak rate, and on top of it a burst
+    raising the rate to ``factor`` x peak for ``duration_s`` from ``start_s``."""
+
+    start_s: float = Field(default=20.0, ge=0)
+    duration_s: float = Field(default=20.0, gt=0)
+    max_factor: float = Field(default=4.0, gt=1)
+    factor_step: float = Field(default=0.25, gt=0)
+
+
+class CapacityPlan(_Strict):
+    name: str | None = None
+    description: str = ""
+    seed: int = 0
+    models: list[ModelCandidate] = Field(min_length=1)
+    workload: PlanWorkload
+    gpus: list[GPUCandidate] = Field(min_length=1)
+    counts: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    host_memory_gib_per_gpu: list[PositiveFloat] = Field(min_length=1)
+    host_memory_usd_per_gib_hour: float = Field(default=0.0, ge=0)
+    strategies: list[Strategy] = Field(min_length=1)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    burst: BurstSettings = Field(default_factory=BurstSettings)
+
+    @model_validator(mode="after")
+    def _lists(self) -> "CapacityPlan":
+        for what, names in (("strategies", [s.name for s in self.strategies]),
+                            ("models", [m.label for m in self.models]), ("gpus", [g.gpu for g in self.gpus])):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} must be unique; repeated: {dup}")
+        return self
+
+
+class LoadedPlan:
+    """A validated plan with models, hardware presets and length distributions resolved."""
+
+    def __init__(self, path: Path, cfg: CapacityPlan) -> None:
+        self.path, self.cfg = path, cfg
+        self.name = cfg.name or path.stem
+        self.models: dict[str, ModelSpec] = {}
+        for k, m in enumerate(cfg.models):
+            ref = str(self._resolve(m.model)) if m.model.endswith(".json") or "/" in m.model else m.model
+            try:
+                spec = get_model(ref)
+            except ModelSpecError as e:
+                raise self._err(f"models.{k}.model", str(e)) from None
+            self.models[m.label] = spec.with_dtype_bytes(m.dtype_bytes) if m.dtype_bytes else spec
+        for k, g in enumerate(cfg.gpus):
+            try:
+                get_hardware(g.gpu)
+            except HardwareSpecError as e:
+                raise self._err(f"gpus.{k}.gpu", str(e)) from None
+        self.prompt = self._length(cfg.workload.prompt, "prompt")
+        self.output = self._length(cfg.workload.output, "output")
+
+    def _err(self, where: str, msg: str) -> ScenarioError:
+        return ScenarioError(f"{self.path.name}: {where}: {msg}")
+
+    def _resolve(self, p: str) -> Path:
+        return resolve_beside(self.path, p)
+
+    def _length(self, c: Any, which: str) -> LengthDist:
+        return length_dist(c, which, self._resolve, lambda msg: self._err(f"workload.{which}.trace", msg))
+
+    def model_config(self, label: str) -> ModelCandidate:
+        return next(m for m in self.cfg.models if m.label == label)
+
+
+def load_plan(path: str | Path) -> LoadedPlan:
+    """Parse and validate a capacity-planning file; raise `ScenarioError` with a one-line message."""
+    path = Path(path)
+    if not path.exists():
+        raise ScenarioError(f"{path}: plan file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ScenarioError(f"{path.name}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{path.name}: (top level): must be a mapping of keys, got {type(data).__name__}")
+    try:
+        cfg = CapacityPlan.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError(_format(path, e, CapacityPlan)) from None
+    return LoadedPlan(path, cfg)
