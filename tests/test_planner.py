@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sim.planner.bisect import RateSearch, bound_dominated_by, dominated_by, max_passing
+from sim.planner.bisect import RateSearch, dominated_by, max_passing
 from sim.planner.cli import write_outputs
 from sim.planner.config import load_plan
 from sim.planner.evaluate import EvalTask, evaluate
 from sim.planner.search import CapacitySearch
-from sim.planner.space import enumerate_space, rate_grid
-from sim.planner.tables import configs_frame, pareto
+from sim.planner.space import enumerate_space, hardware, rate_grid, roofline_rate, uses_host_memory
+from sim.planner.tables import configs_frame, front_of, pareto, usd_per_million_tokens
 from sim.scenario_schema import ScenarioError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,11 @@ def test_bisection_trusts_the_failure_when_outcomes_are_not_monotone() -> None:
     s = RateSearch([1.0, 2.0, 3.0, 4.0], first=2)
     s.record(2, False)
     s.record(3, True)  # noise: passes above a failure
-    assert s.lo < s.hi and s.fail_rate == 3.0 and s.max_rate <= 2.0
+    assert (s.lo, s.hi, s.max_rate, s.fail_rate) == (-1, 2, 0.0, 3.0)  # nothing below the failure was tried
+    s = RateSearch([1.0, 2.0, 3.0, 4.0, 5.0], first=0)
+    for i, ok in ((0, True), (3, False), (4, True)):
+        s.record(i, ok)
+    assert (s.max_rate, s.fail_rate) == (1.0, 4.0)  # only what was really seen to pass
 
 
 def test_rate_grid_holds_the_planned_rates_and_steps_by_the_ratio(toy_plan) -> None:
@@ -113,6 +117,27 @@ def test_rate_grid_holds_the_planned_rates_and_steps_by_the_ratio(toy_plan) -> N
     assert {1.0, 3.0, 6.0} <= set(g) and g[0] == 0.25 and g[-1] >= 16 / 1.1
     ratios = [b / a for a, b in zip(g, g[1:])]
     assert max(ratios) <= 1.1 * 1.01  # three significant digits move a step by well under 1%
+
+
+def test_prices_and_host_memory_by_hand(toy_plan) -> None:
+    assert usd_per_million_tokens(3.6, 1000.0) == pytest.approx(1.0)  # $3.6/h over 3.6 M tokens an hour
+    assert usd_per_million_tokens(3.6, 0.0) is None
+    gib = 1024**3
+    # a deployment gets the host memory it pays for: per GPU x its GPUs on the node (8 per h100 node)
+    assert hardware("h100-sxm", 64, 1).host_memory_bytes == 64 * gib
+    assert hardware("h100-sxm", 64, 16).host_memory_bytes == 8 * 64 * gib
+    plain = next(s for s in toy_plan.cfg.strategies if s.name == "plain")
+    assert not uses_host_memory(plain) and uses_host_memory(plain, "swap")  # swapped KV lives in host memory
+
+
+def test_roofline_estimate_scales_with_replicas(toy_plan) -> None:
+    from sim.memory import EngineConfig
+    m = toy_plan.models["m"]
+    one = roofline_rate(m, hardware("a100-80g", 16, 1), EngineConfig(), 1, 500, 100)
+    assert one > 0
+    assert roofline_rate(m, hardware("a100-80g", 16, 4), EngineConfig(), 4, 500, 100) == pytest.approx(4 * one)
+    # longer answers take longer: fewer requests per second
+    assert roofline_rate(m, hardware("a100-80g", 16, 1), EngineConfig(), 1, 500, 400) < one
 
 
 # --- pruning and dominance ------------------------------------------------------------------------------
@@ -140,7 +165,6 @@ def test_dominance_rules_by_hand() -> None:
     assert dominated_by(1.5, 4.0, others) is None  # nothing at or below its price
     assert dominated_by(3.0, 6.0, others) == "b"  # same price, b proven at 9 > 6
     assert dominated_by(3.0, None, others) is None  # never failed: may be the fastest
-    assert bound_dominated_by(4.0, 8.0, others) == "b" and bound_dominated_by(4.0, 9.0, others) is None
     # Pareto: cheapest first, each strictly faster than everything cheaper; zero-rate points never on it
     pts = [("x", 1.0, 0.0), ("y", 1.0, 2.0), ("z", 2.0, 2.0), ("w", 2.0, 3.0), ("v", 4.0, 2.5), ("u", 5.0, 7.0)]
     assert pareto(pts) == ["y", "w", "u"]
@@ -186,6 +210,29 @@ def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(toy_plan, tmp
     assert (df.status == "done").sum() > 5
 
 
+def test_an_error_keeps_its_proven_rate_on_the_front_and_in_the_cheapest_table(toy_plan, tmp_path: Path) -> None:
+    victim = "m|2xa100-80g|16GiB|fast"  # the fastest configuration at its price (2 x 2.6 x 1.2 = 6.24 req/s)
+
+    seen_pass: list[float] = []
+
+    def late_error(t: EvalTask) -> dict:  # the victim's first probe above a proven rate raises
+        rec = toy_evaluate(t)
+        if t.config == victim and not t.burst_factor:
+            if seen_pass and t.rate_per_s > seen_pass[0]:
+                rec.update(passed=False, error="RuntimeError: late")
+            elif rec["passed"]:
+                seen_pass.append(t.rate_per_s)
+        return rec
+
+    res = CapacitySearch(toy_plan, tmp_path / "o", evaluate_fn=late_error, probe_fn=no_probe).run()
+    job = next(j for j in res.jobs if j.cand.id == victim)
+    assert job.status == "error" and job.search.max_rate > 0
+    front = front_of(res, "m")
+    from sim.planner.search import cheapest
+    best = cheapest(res.jobs, "m", job.search.max_rate)
+    assert best is not None and best.cand.id in front  # the table and the front agree
+
+
 def test_evaluate_turns_an_exception_into_a_record(toy_plan) -> None:
     cs = CapacitySearch(toy_plan, Path("unused"))
     kept, _ = enumerate_space(toy_plan)
@@ -210,9 +257,20 @@ def test_resume_after_an_interruption_gives_the_same_tables(toy_plan, tmp_path: 
         calls.append(t.key)
         return toy_evaluate(t)
 
+    again = CapacitySearch(toy_plan, tmp_path / "part", evaluate_fn=counting, probe_fn=no_probe, resume=True,
+                           max_new=5).run()  # interrupted a second time
+    assert again.interrupted
     resumed = CapacitySearch(toy_plan, tmp_path / "part", evaluate_fn=counting, probe_fn=no_probe, resume=True).run()
     write_outputs(resumed, tmp_path / "part")
     assert len(calls) == len(full.evaluations) - 17  # nothing done twice
+    lines = (tmp_path / "part" / "evaluations.jsonl").read_text().splitlines()
+    good = []
+    for line in lines:
+        try:
+            good.append(json.loads(line)["key"])
+        except json.JSONDecodeError:
+            pass
+    assert len(lines) == len(good) + 1 and sorted(good) == sorted(e["key"] for e in full.evaluations)
     for name in ("configs.csv", "cheapest.csv", "summary.json"):
         assert (tmp_path / "part" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
 
@@ -235,6 +293,8 @@ def test_resume_refuses_results_of_a_different_plan(toy_plan, tmp_path: Path) ->
     (("gpu: a10,", "gpu: a11,"), "toy.yaml: gpus.0.gpu: unknown GPU 'a11'"),
     (("rates_per_s: [1, 3, 6]", "rates_per_s: [1, -3]"), "toy.yaml: models.0.rates_per_s.1: must be > 0, got -3"),
     (("counts: [1, 2]", "counts: [0, 2]"), "toy.yaml: counts.0: must be >= 1, got 0"),
+    (("output: {kind: fixed, value: 16}", "output: {kind: fixed, value: 16}\n  duration_s: 5"),
+     "toy.yaml: (top level): workload.duration_s (5 s) must be at least 10x the largest ttft_s"),
 ])
 def test_bad_plans_name_the_file_and_field(tmp_path: Path, edit, message) -> None:
     p = tmp_path / "toy.yaml"
@@ -304,6 +364,27 @@ def test_serial_local_and_ray_pools_give_identical_results(tiny: Path, tmp_path:
     # a higher planned rate never has a cheaper answer, and each answer sustains its rate
     cheap = pd.read_csv(tmp_path / "serial" / "cheapest.csv").sort_values("rate_per_s")
     assert cheap.usd_per_hour.is_monotonic_increasing and (cheap.max_rate_per_s >= cheap.rate_per_s).all()
+
+
+def test_the_early_stop_never_changes_a_verdict(tiny: Path) -> None:
+    """A run stopped once the target is out of reach fails exactly when the whole run would have failed."""
+    from sim.api import SLO, simulate
+    from sim.planner.evaluate import _workload
+
+    plan = load_plan(tiny)
+    cs = CapacitySearch(plan, Path("unused"))
+    kept, _ = enumerate_space(plan)
+    cand = next(k for k in kept if k.id == "l7|1xa10|32GiB|none")
+    stopped = 0
+    for rate in (1.0, 4.0, 16.0, 48.0):
+        t = cs.task(cand, rate)
+        rec = evaluate(t)
+        rs = _workload(t).generate(t.seed)
+        full = simulate(t.model, hardware(t.gpu, t.host_gib_per_gpu, t.count), rs, [t.strategy],
+                        slo=SLO(t.ttft_slo_s, t.tpot_slo_s), engine=t.engine, timeline_max_spans=0)["none"]
+        assert rec["passed"] == (full.summary["slo_attainment"] >= t.target), rate
+        stopped += rec["stopped_early"]
+    assert stopped >= 1  # the overloaded rates did stop early
 
 
 def test_plan_command_writes_the_answer_and_rejects_bad_input(tiny: Path, tmp_path: Path) -> None:

@@ -58,8 +58,8 @@ class RateSearch:
             self.lo = max(self.lo, index)
         else:
             self.hi = min(self.hi, index)
-        if self.lo >= self.hi:  # a non-monotone outcome (noise): trust the failure
-            self.lo = self.hi - 1
+        if self.lo >= self.hi:  # a non-monotone outcome (noise): trust the failure, keep what passed below it
+            self.lo = max((i for i, ok in self.history if ok and i < self.hi), default=-1)
 
     @property
     def max_rate(self) -> float:
@@ -90,9 +90,3 @@ def dominated_by(cost: float, fail_rate: float | None, others: Sequence[tuple[st
     best = [(c, i) for i, c, r in others if c <= cost and r >= fail_rate]
     return min(best)[1] if best else None
 
-
-def bound_dominated_by(cost: float, bound_rate: float, others: Sequence[tuple[str, float, float]]) -> str | None:
-    """Like `dominated_by` before any evaluation, from an upper bound on the rate: another configuration
-    that costs no more already sustains more than this one ever could."""
-    best = [(c, i) for i, c, r in others if c <= cost and r > bound_rate]
-    return min(best)[1] if best else None

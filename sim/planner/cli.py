@@ -46,13 +46,15 @@ def _progress(quiet: bool):
                    TextColumn("failed {task.fields[failed]}"), TextColumn("ETA"), TimeRemainingColumn(),
                    console=con, transient=False, disable=not con.is_terminal)
     task = bar.add_task("sweep", total=None, failed=0)
-    last = [0.0]
+    t0, last = time.monotonic(), [0.0]
 
     def update(done: int, failed: int, total: int) -> None:
         bar.update(task, completed=done, total=total, failed=failed)
-        if not con.is_terminal and time.monotonic() - last[0] > 10:  # a log line now and then instead
-            last[0] = time.monotonic()
-            print(f"  {done}/~{total} simulations, {failed} failed", file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if not con.is_terminal and now - last[0] > 10:  # a log line now and then instead
+            last[0] = now
+            eta = (now - t0) / max(done, 1) * max(total - done, 0)
+            print(f"  {done}/~{total} simulations, {failed} failed, ~{eta:.0f} s left", file=sys.stderr, flush=True)
     return bar, update
 
 

@@ -67,7 +67,6 @@ class SearchSettings(_Strict):
     rate_step: float = Field(default=0.1, gt=0, le=1, description="relative spacing of the rate grid")
     min_rate_per_s: float | None = Field(default=None, gt=0, description="default: smallest planned rate / 4")
     max_rate_per_s: float | None = Field(default=None, gt=0, description="default: largest planned rate x 4")
-    bound_slack: float = Field(default=1.5, ge=1, description="x the analytic rate bound before it prunes")
 
 
 class BurstSettings(_Strict):
@@ -97,6 +96,12 @@ class CapacityPlan(_Strict):
 
     @model_validator(mode="after")
     def _lists(self) -> "CapacityPlan":
+        longest = max(m.ttft_s for m in self.models)
+        if self.workload.duration_s < 10 * longest:
+            # a window hardly longer than the TTFT budget lets an overloaded deployment pass: its queue has
+            # no time to grow past the budget
+            raise ValueError(f"workload.duration_s ({self.workload.duration_s:g} s) must be at least 10x the "
+                             f"largest ttft_s ({longest:g} s) to tell a sustainable rate from a backlog")
         for what, names in (("strategies", [s.name for s in self.strategies]),
                             ("models", [m.label for m in self.models]), ("gpus", [g.gpu for g in self.gpus])):
             dup = sorted({n for n in names if names.count(n) > 1})

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..api import SLO, PolicySpec, build_deployment, simulate
 from ..cost import RooflineCostModel
 from ..memory import EngineConfig
@@ -79,23 +81,29 @@ def _definite_misses(requests: Sequence[Request], now: float) -> int:
 
 
 def evaluate(t: EvalTask) -> dict[str, Any]:
-    """Simulate ``t``; return a flat record (``passed``, ``slo_attainment``, throughput, p99 latencies,
-    ``stopped_early``, ``error``). ``wall_s`` is the only field that differs between identical runs."""
+    """Simulate ``t``; return a flat record (``passed``, ``slo_attainment``, ``misses``, offered output
+    tokens/s, p99 latencies, ``stopped_early``, ``error``). ``wall_s`` is the only field that differs between
+    identical runs.
+
+    Scored are all requests of a steady run, and the requests arriving from the burst's start on in a burst
+    run (so the calm before it does not dilute the burst). The run stops as soon as more scored requests have
+    certainly missed their SLO than the target allows: it could no longer pass."""
     wall0 = time.perf_counter()
     rec: dict[str, Any] = {"key": t.key, "config": t.config, "rate_per_s": t.rate_per_s,
                            "burst_factor": t.burst_factor}
     try:
         rs = _workload(t).generate(t.seed)
-        n = len(rs)
+        first = int(np.searchsorted(rs.arrival_s, t.burst_start_s)) if t.burst_factor else 0
+        n = len(rs) - first
         allowed = math.floor((1 - t.target) * n + 1e-9)  # misses the target tolerates
 
         def stop(reqs: Sequence[Request], now: float) -> bool:
-            return _definite_misses(reqs, now) > allowed
+            return _definite_misses(reqs[first:], now) > allowed
 
-        hw = hardware(t.gpu, t.host_gib_per_gpu)
-        # a generous end: the last arrival plus its TTFT budget and a long answer at the TPOT budget; the
-        # stop rule ends hopeless runs long before
-        until = rs.duration_s + 10 * t.ttft_slo_s + 4096 * t.tpot_slo_s
+        hw = hardware(t.gpu, t.host_gib_per_gpu, t.count)
+        # a generous end: the last arrival, ten TTFT budgets, and twice the longest answer at the TPOT budget;
+        # the stop rule ends hopeless runs long before
+        until = float(rs.arrival_s[-1]) + 10 * t.ttft_slo_s + 2 * int(rs.output_tokens.max()) * t.tpot_slo_s
         run = simulate(t.model, hw, rs, [t.strategy], slo=SLO(t.ttft_slo_s, t.tpot_slo_s), engine=t.engine,
                        num_gpus=t.count, until_s=until, timeline_max_spans=0, detail_iterations=0,
                        sample_interval_s=max(until, 1.0), stop=stop, progress_step_s=1.0)[t.strategy.label]
@@ -104,19 +112,18 @@ def evaluate(t: EvalTask) -> dict[str, Any]:
         if run.result.error is not None:
             raise RuntimeError(run.result.error)
         s = run.summary
+        scored = run.result.requests[first:]
         stopped = any(r.reject_reason.startswith("stopped early") for r in run.result.requests)
+        misses = _definite_misses(scored, math.inf)
         rec.update(
             # a run stopped early counts its unfinished requests as misses: its attainment is not comparable
-            requests=n, finished=s["finished"], slo_attainment=None if stopped else s["slo_attainment"],
-            misses=_definite_misses(run.result.requests, float("inf")) if not stopped else None,
-            passed=bool(s["slo_attainment"] >= t.target - 1e-12 and not stopped), stopped_early=stopped,
-            output_tokens_per_s=float(rs.output_tokens.sum() / max(rs.duration_s, 1e-9)),
-            p99_ttft_s=s["ttft_s"].get("p99", float("nan")), p99_tpot_s=s["tpot_s"].get("p99", float("nan")),
-            error="")
+            requests=n, finished=s["finished"], slo_attainment=None if stopped else 1 - misses / max(n, 1),
+            misses=None if stopped else misses, passed=not stopped and misses <= allowed, stopped_early=stopped,
+            output_tokens_per_s=float(rs.output_tokens.sum() / max(float(rs.arrival_s[-1]), 1e-9)),
+            p99_ttft_s=s["ttft_s"]["p99"], p99_tpot_s=s["tpot_s"]["p99"], error="")
     except Exception as e:  # noqa: BLE001 -- one configuration's failure must not stop the sweep
         rec.update(requests=0, finished=0, slo_attainment=None, misses=None, passed=False, stopped_early=False,
-                   output_tokens_per_s=0.0, p99_ttft_s=float("nan"), p99_tpot_s=float("nan"),
-                   error=f"{type(e).__name__}: {e}")
+                   output_tokens_per_s=0.0, p99_ttft_s=None, p99_tpot_s=None, error=f"{type(e).__name__}: {e}")
     rec["wall_s"] = time.perf_counter() - wall0
     return rec
 
@@ -125,7 +132,7 @@ def probe(model: ModelSpec, gpu: str, count: int, host_gib_per_gpu: float, strat
           engine: EngineConfig) -> str | None:
     """Build the deployment without running it: None if it can start, else why not (model does not fit,
     host memory too small, ...). The simulator's own checks, not a second copy of them."""
-    hw = hardware(gpu, host_gib_per_gpu)
+    hw = hardware(gpu, host_gib_per_gpu, count)
     try:
         build_deployment(strategy, model, hw, RooflineCostModel(model, hw), engine, count)
     except Exception as e:  # noqa: BLE001 -- any reason it cannot start is an answer

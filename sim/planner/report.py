@@ -76,8 +76,9 @@ def rates_figure(df: pd.DataFrame, model: str, rates: list[float]) -> go.Figure:
 def price_figure(df: pd.DataFrame, model: str) -> go.Figure:
     """USD per million output tokens at each configuration's max sustainable rate."""
     d = _searched(df, model)
-    d = d[d.usd_per_million_output_tokens.notna() & (d.status == "done")].sort_values("usd_per_million_output_tokens")
-    fig = go.Figure(go.Bar(y=d.label, x=d.usd_per_million_output_tokens, orientation="h",
+    d = d[d.usd_per_million_output_tokens_at_max.notna() & (d.status == "done")]
+    d = d.sort_values("usd_per_million_output_tokens_at_max")
+    fig = go.Figure(go.Bar(y=d.label, x=d.usd_per_million_output_tokens_at_max, orientation="h",
                            marker_color="#2ca02c", hovertemplate="%{y}: $%{x:.2f}<extra></extra>"))
     fig.update_layout(height=max(300, 20 * len(d) + 80), margin=dict(l=260, r=40, t=20, b=50),
                       xaxis_title="USD per million output tokens at the max sustainable rate", showlegend=False)
@@ -124,12 +125,13 @@ def render(summary: dict[str, Any], configs: pd.DataFrame, cheapest: pd.DataFram
             parts.append(f"<h3>{title}</h3><div class='caption'>{cap}</div>")
             parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=first, config={"displaylogo": False}))
             first = False
-        parts.append("<h3>Cheapest configuration per planned rate</h3>")
+        parts.append("<h3>Cheapest configuration per planned rate</h3><div class='caption'>Price per million "
+                     "output tokens when serving exactly that rate.</div>")
         parts.append(_table(cheapest[cheapest.model == m], ["rate_per_s", "config", "usd_per_hour",
                                                             "max_rate_per_s", "usd_per_million_output_tokens"]))
     parts.append("<h2>All configurations</h2>")
     parts.append(_table(configs, ["config", "usd_per_hour", "status", "max_rate_per_s", "fail_rate_per_s",
-                                  "usd_per_million_output_tokens", "evaluations", "reason"]))
+                                  "usd_per_million_output_tokens_at_max", "evaluations", "reason"]))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Capacity plan: {html.escape(summary['plan'])}"
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
 

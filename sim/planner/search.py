@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .bisect import RateSearch, bound_dominated_by, dominated_by
+from .bisect import RateSearch, dominated_by
 from ..scenario_schema import ScenarioError
 from .config import LoadedPlan
 from .evaluate import EvalTask, evaluate, probe
-from .space import Candidate, enumerate_space, mean_lengths, rate_bound, rate_grid, hardware
+from .space import Candidate, enumerate_space, hardware, mean_lengths, rate_grid, roofline_rate
 from ..sweep import SweepExecutor, SerialPool
 
 EvaluateFn = Callable[[EvalTask], dict[str, Any]]
@@ -41,7 +41,7 @@ class Job:
     kind: str  # "steady" or "burst"
     status: str = "searching"  # searching, done, dominated, error
     reason: str = ""
-    bound_rate: float = math.inf
+    roofline_rate: float = math.inf  # the roofline estimate the search starts from (not a bound)
     peak_rate: float = 0.0  # burst searches: the planned rate the burst is added to
     rank: int = 0  # the strategy's place in the plan: among equals, the one listed first is chosen
     records: dict[int, dict[str, Any]] = field(default_factory=dict)  # grid index -> evaluation
@@ -82,6 +82,8 @@ class _Evaluations:
         elif path.exists():
             path.unlink()
         self._f = path.open("a")
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            self._f.write("\n")  # end a line cut short by the interruption, so the next record stands alone
 
     def add(self, rec: dict[str, Any]) -> None:
         self.cache[rec["key"]] = rec
@@ -127,11 +129,6 @@ class CapacitySearch:
                 continue
             others = [o for o in proven.get(j.cand.model, []) if o[0] != j.cand.id]
             by = dominated_by(j.cand.usd_per_hour, j.search.fail_rate, others) if dominance else None
-            if by is None and dominance and not j.search.history:
-                by = bound_dominated_by(j.cand.usd_per_hour, j.bound_rate, others)
-                if by is not None:
-                    j.status, j.reason = "dominated", f"its rate bound is below what {by} sustains at no higher price"
-                    continue
             if by is not None:
                 j.status, j.reason = "dominated", f"{by} sustains more at no higher price"
                 continue
@@ -197,10 +194,10 @@ class CapacitySearch:
             if why is not None:
                 pruned.append({**c.row(), "status": "pruned", "reason": f"cannot start: {why}"})
                 continue
-            bound = rate_bound(model, hardware(c.gpu, c.host_gib_per_gpu), engine, c.count, mean_p, mean_o)
+            bound = roofline_rate(model, hardware(c.gpu, c.host_gib_per_gpu, c.count), engine, c.count, mean_p, mean_o)
             grid = grids[c.model]
             first = max([k for k, r in enumerate(grid) if r <= 0.5 * bound], default=0)
-            jobs.append(Job(c, RateSearch(grid, first), "steady", bound_rate=bound * cfg.search.bound_slack,
+            jobs.append(Job(c, RateSearch(grid, first), "steady", roofline_rate=bound,
                             rank=list(self.strategies).index(c.strategy)))
         self._check_fingerprint()
         log = _Evaluations(self.out / "evaluations.jsonl", self.resume)
@@ -228,11 +225,17 @@ class CapacitySearch:
         return SearchResult(plan, jobs, pruned, bursts, evals, interrupted)
 
 
+def tie_order(j: Job) -> tuple[int, str]:
+    """Among configurations equal in price and rate: the strategy listed first in the plan (e.g. no
+    offloading before an equally good Select-N), then the id."""
+    return j.rank, j.cand.id
+
+
 def cheapest(jobs: list[Job], model: str, rate: float) -> Job | None:
     """The cheapest configuration proven to sustain ``rate`` (ties: the higher rate, then the strategy
     listed first in the plan -- e.g. no offloading before an equal Select-N -- then the id)."""
     ok = [j for j in jobs if j.cand.model == model and j.search.lo >= 0 and j.search.max_rate >= rate]
-    return min(ok, key=lambda j: (j.cand.usd_per_hour, -j.search.max_rate, j.rank, j.cand.id)) if ok else None
+    return min(ok, key=lambda j: (j.cand.usd_per_hour, -j.search.max_rate, *tie_order(j))) if ok else None
 
 
 def chosen(jobs: list[Job], model: str, rates: list[float]) -> tuple[float, Job] | None:

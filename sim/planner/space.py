@@ -43,17 +43,21 @@ class Candidate:
                 "usd_per_hour": self.usd_per_hour}
 
 
-def uses_host_memory(s: Strategy) -> bool:
+def uses_host_memory(s: Strategy, plan_preemption: str = "recompute") -> bool:
     """Whether a strategy's behaviour can depend on host memory (offloaded weights, swapped KV, host copies
-    of dropped parameters). `recompute` and `migrate` keep everything on GPUs."""
-    swap = s.engine.preemption == "swap"
+    of dropped parameters). `recompute` and `migrate` keep everything on GPUs; swap preemption (the
+    strategy's own engine setting, else the plan's) keeps KV there."""
+    swap = (s.engine.preemption or plan_preemption) == "swap"
     return s.policy != "none" or swap or s.handler not in (None, "recompute", "migrate")
 
 
-def hardware(gpu: str, host_gib_per_gpu: float) -> HardwareSpec:
-    """The GPU preset with the candidate's host memory (per node = per GPU x GPUs per node)."""
+def hardware(gpu: str, host_gib_per_gpu: float, count: int) -> HardwareSpec:
+    """The GPU preset with the candidate's host memory: a node holds min(count, GPUs per node) of the
+    deployment's GPUs and the host memory paid for them, no more (a 1-GPU deployment does not get the
+    memory of a whole 8-GPU server)."""
     base = get_hardware(gpu)
-    return get_hardware(gpu, host_memory_bytes=host_gib_per_gpu * GiB * base.gpus_per_node)
+    per_node = min(count, base.gpus_per_node)
+    return get_hardware(gpu, host_memory_bytes=host_gib_per_gpu * GiB * per_node)
 
 
 def enumerate_space(plan: LoadedPlan) -> tuple[list[Candidate], list[dict[str, Any]]]:
@@ -73,7 +77,7 @@ def enumerate_space(plan: LoadedPlan) -> tuple[list[Candidate], list[dict[str, A
                         if n < s.min_gpus:
                             pruned.append({**cand.row(), "status": "pruned",
                                            "reason": f"{s.name} needs at least {s.min_gpus} GPUs"})
-                        elif h != hosts[0] and not uses_host_memory(s):
+                        elif h != hosts[0] and not uses_host_memory(s, c.engine.preemption):
                             same = Candidate(m.label, g.gpu, n, hosts[0], s.name, 0.0).id
                             pruned.append({**cand.row(), "status": "pruned",
                                            "reason": f"{s.name} does not use host memory: same as {same}, "
@@ -99,12 +103,12 @@ def rate_grid(plan: LoadedPlan, model: str) -> tuple[float, ...]:
     return tuple(sorted(grid))
 
 
-def rate_bound(model: ModelSpec, hw: HardwareSpec, engine: EngineConfig, count: int, mean_prompt: float,
-               mean_output: float) -> float:
-    """An optimistic bound on the request rate ``count`` replicas can serve (requests/s), from the roofline
+def roofline_rate(model: ModelSpec, hw: HardwareSpec, engine: EngineConfig, count: int, mean_prompt: float,
+                  mean_output: float) -> float:
+    """An optimistic estimate of the request rate ``count`` replicas can serve (requests/s), from the roofline
     cost model: as if every weight byte could leave the GPU for free (all memory after the workspace holds
-    KV), decode ran at the largest batch that KV allows, and prompts ran in full token-budget batches.
-    Offloading and queueing only add time, so a real run sustains less."""
+    KV), decode ran at the largest batch that KV allows, and prompts ran in full token-budget batches. It
+    is where the rate search starts, not a bound: a loose TTFT SLO over a short window can pass above it."""
     cost = RooflineCostModel(model, hw)
     L = model.num_layers
     kv_tokens = (hw.gpu_memory_bytes * engine.gpu_memory_utilization - workspace_bytes(model, engine)) \
