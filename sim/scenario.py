@@ -28,13 +28,11 @@ from .workload import (Batch, Burst, Constant, Empirical, Fixed, Gamma, LengthDi
                        SyntheticWorkload, TraceBurst, TraceWorkload, Uniform, WorkloadError, read_trace)
 
 
-def load_scenario(path: str | Path, seed: int | None = None, trace: str | Path | None = None) -> "LoadedScenario":
-    """Parse and validate a scenario file; resolve the model, hardware, cost model and requests.
-    ``seed`` replaces the scenario's seed; ``trace`` replaces ``workload.trace.path`` (a path relative to the
-    working directory, as given on a command line)."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, kind: str = "scenario") -> dict[str, Any]:
+    """A YAML file's top-level mapping, safe-loaded; a missing file, broken YAML or another top level raises
+    `ScenarioError` with one line (``kind`` names the file in the message: scenario, plan)."""
     if not path.exists():
-        raise ScenarioError(f"{path}: scenario file not found")
+        raise ScenarioError(f"{path}: {kind} file not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -43,6 +41,15 @@ def load_scenario(path: str | Path, seed: int | None = None, trace: str | Path |
         raise ScenarioError(f"{path.name}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ScenarioError(f"{path.name}: (top level): must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def load_scenario(path: str | Path, seed: int | None = None, trace: str | Path | None = None) -> "LoadedScenario":
+    """Parse and validate a scenario file; resolve the model, hardware, cost model and requests.
+    ``seed`` replaces the scenario's seed; ``trace`` replaces ``workload.trace.path`` (a path relative to the
+    working directory, as given on a command line)."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
     if trace is not None:
         w = data.get("workload")
         if not isinstance(w, dict) or not isinstance(w.get("trace"), dict):

@@ -26,7 +26,7 @@ def write_outputs(res: SearchResult, out: Path) -> dict:
     """The tables, ``summary.json`` and ``plan.html`` for a (possibly partial) search result."""
     configs = tables.configs_frame(res)
     cheapest = tables.cheapest_frame(res)
-    summary = tables.summary(res)
+    summary = tables.summary(res, configs, cheapest)
     configs.to_csv(out / "configs.csv", index=False)
     cheapest.to_csv(out / "cheapest.csv", index=False)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..hardware import HardwareSpecError, get_hardware
 from ..model import ModelSpec, ModelSpecError, get_model
 from ..scenario_schema import CompareEntry, EngineSettings, Length, ScenarioError, _format
-from ..scenario import length_dist, resolve_beside
+from ..scenario import length_dist, read_yaml_mapping, resolve_beside
 from ..workload import LengthDist
 
 
@@ -148,14 +147,7 @@ class LoadedPlan:
 def load_plan(path: str | Path) -> LoadedPlan:
     """Parse and validate a capacity-planning file; raise `ScenarioError` with a one-line message."""
     path = Path(path)
-    if not path.exists():
-        raise ScenarioError(f"{path}: plan file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"{path.name}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{path.name}: (top level): must be a mapping of keys, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "plan")
     try:
         cfg = CapacityPlan.model_validate(data)
     except ValidationError as e:

@@ -142,17 +142,16 @@ class CapacitySearch:
         if not pending:
             return False
         todo = [t for _, _, t in pending if t.key not in log.cache]
-        results: dict[str, dict[str, Any]] = {}
+        fresh = {t.key for t in todo}
         for _, rec in self.ex.imap_unordered(self.evaluate_fn, todo):
             log.add(rec)
-            results[rec["key"]] = rec
             self._count(rec, jobs)
             self.new += 1
             if self.max_new is not None and self.new >= self.max_new:
                 raise SweepInterrupted(f"stopped after {self.new} new evaluations")
         for j, idx, t in pending:  # applied in job order, whatever order they finished in
-            rec = results.get(t.key) or log.cache[t.key]
-            if t.key not in results:
+            rec = log.cache[t.key]
+            if t.key not in fresh:  # taken from an earlier run's log: counted now
                 self._count(rec, jobs)
             j.records[idx] = rec
             if rec.get("error"):

@@ -116,12 +116,13 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in df.to_dict("records")]
 
 
-def summary(res: SearchResult) -> dict[str, Any]:
+def summary(res: SearchResult, cf: pd.DataFrame | None = None, ch: pd.DataFrame | None = None) -> dict[str, Any]:
     """``summary.json``: per model the cheapest configuration per planned rate, the Pareto front, the chosen
-    configuration with its burst headroom, and the verdict in words; counts of what was searched."""
+    configuration with its burst headroom, and the verdict in words; counts of what was searched. ``cf`` and
+    ``ch``: `configs_frame` and `cheapest_frame` of ``res`` if the caller has them already."""
     cfg = res.plan.cfg
-    cf = configs_frame(res)
-    ch = cheapest_frame(res)
+    cf = configs_frame(res) if cf is None else cf
+    ch = cheapest_frame(res) if ch is None else ch
     models: dict[str, Any] = {}
     for m in cfg.models:
         b = res.bursts.get(m.label)
