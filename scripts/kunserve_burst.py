@@ -4,6 +4,7 @@
     python scripts/kunserve_burst.py scenarios/kunserve_burst.yaml --trace PATH/azure_conv_2023.csv
     python scripts/kunserve_burst.py --sensitivity           # + how the ratio depends on the burst's size
     python scripts/kunserve_burst.py --variants              # + KunServe with naive micro-batches / pipeline
+    python scripts/kunserve_burst.py --budgets               # + how the ratio depends on the chunked-prefill budget
 
 "During the burst" means the requests that *arrive* inside the scenario's trace burst window(s)
 (``workload.trace.bursts``: from start_s to start_s + duration_s on the replayed timeline); their TTFT is
@@ -165,12 +166,31 @@ def sensitivity(path: Path, trace: Path | None, scales: list[float]) -> str:
     return "\n".join(out)
 
 
+def budgets(path: Path, trace: Path | None, tokens: list[int]) -> str:
+    """The recompute / KunServe ratio against the engine's chunked-prefill budget (max_num_batched_tokens):
+    vLLM serves with 2048 on an A100 and 8192 on an H100 by default."""
+    import yaml
+
+    d = yaml.safe_load(path.read_text())
+    d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")]
+    out = [f"**{path.stem}**: chunked-prefill budget vs. P99 TTFT during the burst (s)", "",
+           "| max_num_batched_tokens | recompute | recompute preemptions | kunserve | ratio |",
+           "|---:|---:|---:|---:|---:|"]
+    for n in tokens:
+        d["engine"]["max_num_batched_tokens"] = n
+        _, rows, _ = _variant(path, d, trace, None)
+        a, b = rows["recompute"]["burst_p99_ttft_s"], rows["kunserve"]["burst_p99_ttft_s"]
+        out.append(f"| {n} | {a:.2f} | {rows['recompute']['preemptions']} | {b:.2f} | {a / b:.1f}x |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scenarios", nargs="*", type=Path, default=DEFAULT)
     ap.add_argument("--trace", type=Path, default=None, help="azure_conv_2023.csv (default: ../shared beside the checkout)")
     ap.add_argument("--sensitivity", action="store_true", help="also vary the burst's size")
     ap.add_argument("--variants", action="store_true", help="also KunServe with FCFS micro-batches / a synchronous pipeline")
+    ap.add_argument("--budgets", action="store_true", help="also vary the chunked-prefill budget")
     ap.add_argument("--seed", type=int, default=None, help="replace the scenarios' seed")
     args = ap.parse_args(argv)
     trace = args.trace or find_trace()
@@ -184,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             print(variants(path, trace, seed))
             print()
         if args.sensitivity:
-            print(sensitivity(path, trace, [1.1, 1.2, 1.3, 1.5, 2.0]))
+            print(sensitivity(path, trace, [1.1, 1.2, 1.25, 1.3, 1.4, 1.5, 2.0]))
+            print()
+        if args.budgets:
+            print(budgets(path, trace, [2048, 4096, 8192]))
             print()
     return 0
 

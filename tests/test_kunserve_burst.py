@@ -47,7 +47,7 @@ def test_burst_h100_shortened(tmp_path):
     for r in runs.values():
         assert r.summary["finished"] == r.summary["requests"] == len(sc.requests)
     p99 = {n: burst_p99(r, 30, 90) for n, r in runs.items()}
-    assert p99["kunserve"] * 2.5 < p99["recompute"] and p99["kunserve"] * 2.5 < p99["migrate"]
+    assert p99["kunserve"] * 10 < p99["recompute"] and p99["kunserve"] * 10 < p99["migrate"]
     k = runs["kunserve"]
     stats = k.result.instances[0].cluster.stats
     assert stats["drops"] >= 1 and stats["restores"] == stats["drops"]
@@ -58,8 +58,11 @@ def test_burst_h100_shortened(tmp_path):
     assert (s.group >= 0).any() and (s.stages > 1).any()
     cap = s.groupby("gpu").kv_capacity_tokens
     assert (cap.max() > cap.min()).all()
-    # TPOT is reported, not hidden: the pipelined groups cost some
-    assert k.summary["tpot_s"]["p99"] >= runs["recompute"].summary["tpot_s"]["p99"] * 0.9
+    # TPOT is reported, not hidden: requests served by the pipelined groups (arriving in the burst) decode
+    # slower than those before the drop
+    df = k.requests
+    before, during = df[df.arrival_s < 30], df[(df.arrival_s >= 30) & (df.arrival_s < 90)]
+    assert np.nanpercentile(during.tpot_mean_s, 99) > 1.5 * np.nanpercentile(before.tpot_mean_s, 99)
 
 
 def test_burst_a100_shortened(tmp_path):
@@ -67,5 +70,22 @@ def test_burst_a100_shortened(tmp_path):
     sc = load_scenario(p, trace=shared_dir() / "data" / "traces" / "azure_conv_2023.csv")
     runs = sc.simulate(detail_iterations=0)
     p99 = {n: burst_p99(r, 30, 130) for n, r in runs.items()}
-    assert p99["kunserve"] * 1.3 < p99["recompute"]
+    assert p99["kunserve"] * 4 < p99["recompute"]
     assert runs["kunserve"].result.instances[0].cluster.stats["drops"] >= 1
+
+
+@pytest.mark.parametrize("name", ["kunserve_burst", "kunserve_burst_h100"])
+def test_full_burst_headline(name):
+    """The issue's headline on the full ten minutes: KunServe's P99 TTFT during the burst is at least 10x
+    lower than recompute's. Recompute's comes from the preemption spiral of partial prefills under a full KV
+    cache (hundreds of preemptions); KunServe's drop leaves room for the burst (almost none)."""
+    path = SCENARIOS / f"{name}.yaml"
+    sc = load_scenario(path, trace=shared_dir() / "data" / "traces" / "azure_conv_2023.csv")
+    compare = [c.spec() for c in sc.sc.compare if c.name in ("recompute", "kunserve")]
+    runs = sc.simulate(compare, detail_iterations=0)
+    b = sc.sc.workload.trace.bursts[0]
+    p99 = {n: burst_p99(r, b.start_s, b.start_s + b.duration_s) for n, r in runs.items()}
+    assert p99["recompute"] >= 10 * p99["kunserve"]
+    assert runs["recompute"].summary["preemptions"] > 100 > runs["kunserve"].summary["preemptions"]
+    for r in runs.values():
+        assert r.summary["finished"] == r.summary["requests"] == len(sc.requests)
