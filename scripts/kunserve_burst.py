@@ -167,20 +167,25 @@ def sensitivity(path: Path, trace: Path | None, scales: list[float]) -> str:
 
 
 def budgets(path: Path, trace: Path | None, tokens: list[int]) -> str:
-    """The recompute / KunServe ratio against the engine's chunked-prefill budget (max_num_batched_tokens):
-    vLLM serves with 2048 on an A100 and 8192 on an H100 by default."""
+    """The recompute / KunServe ratio against the engine's chunked-prefill budget (max_num_batched_tokens;
+    vLLM serves with 2048 on an A100 and 8192 on an H100 by default) and, at the scenario's budget, vLLM V1's
+    admission rule (no admission in an iteration that preempted) instead of V0's."""
     import yaml
 
     d = yaml.safe_load(path.read_text())
     d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")]
-    out = [f"**{path.stem}**: chunked-prefill budget vs. P99 TTFT during the burst (s)", "",
+    own = d["engine"]["max_num_batched_tokens"]
+    configs = [(f"{n}", {"max_num_batched_tokens": n}) for n in tokens]
+    configs.append((f"{own}, V1 admission", {"max_num_batched_tokens": own, "admit_after_preemption": False}))
+    out = [f"**{path.stem}**: chunked-prefill budget and admission rule vs. P99 TTFT during the burst (s)", "",
            "| max_num_batched_tokens | recompute | recompute preemptions | kunserve | ratio |",
-           "|---:|---:|---:|---:|---:|"]
-    for n in tokens:
-        d["engine"]["max_num_batched_tokens"] = n
+           "|---|---:|---:|---:|---:|"]
+    engine = dict(d["engine"])
+    for label, over in configs:
+        d["engine"] = {**engine, **over}
         _, rows, _ = _variant(path, d, trace, None)
         a, b = rows["recompute"]["burst_p99_ttft_s"], rows["kunserve"]["burst_p99_ttft_s"]
-        out.append(f"| {n} | {a:.2f} | {rows['recompute']['preemptions']} | {b:.2f} | {a / b:.1f}x |")
+        out.append(f"| {label} | {a:.2f} | {rows['recompute']['preemptions']} | {b:.2f} | {a / b:.1f}x |")
     return "\n".join(out)
 
 

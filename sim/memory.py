@@ -31,6 +31,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     swap_space_gib: float = 4.0  # per GPU, pinned host memory for swapped KV
     watermark: float = 0.01  # share of KV blocks kept free when admitting new requests
+    # vLLM V0's chunked-prefill scheduler admits waiting requests in an iteration that preempted (True);
+    # V1's admits none until an iteration preempts nothing (False), which damps the preemption spiral.
+    admit_after_preemption: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -64,6 +64,7 @@ class EngineSettings(_Strict):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     swap_space_gib: float = Field(default=4.0, ge=0)
     watermark: float = Field(default=0.01, ge=0, lt=1)
+    admit_after_preemption: bool = True
 
     def config(self) -> EngineConfig:
         return EngineConfig(**self.model_dump())
@@ -80,6 +81,7 @@ class EngineOverride(_Strict):
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     swap_space_gib: float | None = Field(default=None, ge=0)
     watermark: float | None = Field(default=None, ge=0, lt=1)
+    admit_after_preemption: bool | None = None
 
 
 # --- SLOs -----------------------------------------------------------------------------------------------

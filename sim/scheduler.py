@@ -241,7 +241,10 @@ class Scheduler:
                 seqs += 1
         # 4. admit waiting requests first come, first served
         watermark = int(cfg.watermark * bm.num_blocks)
-        while self.waiting and not self.swapped and budget > 0 and seqs < cfg.max_num_seqs:
+        # (V1's rule skips admission in a preempting iteration; an iteration left with nothing else to run
+        # admits anyway, which is what V1's next, empty-handed iteration would do at the same instant)
+        admit = cfg.admit_after_preemption or batch.preempted == 0 or not (chunks or self.decoding)
+        while admit and self.waiting and not self.swapped and budget > 0 and seqs < cfg.max_num_seqs:
             req = self.waiting[0]
             if self.admit_hook is not None:
                 reason = self.admit_hook(req, now)

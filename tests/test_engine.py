@@ -103,6 +103,41 @@ def test_preemption_by_swap_by_hand():
     assert res.hosts[0].by_kind["kv_swap"] == 0 and res.hosts[0].peak_bytes >= 2 * inst.layout.block_bytes
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_admission_after_preemption_v0_and_v1(seed):
+    """vLLM V0's chunked-prefill scheduler admits in an iteration that preempted (here: the decode it just
+    preempted, restarted from its first chunk); V1's does not. Small budget and pool, so partial prefills
+    hold blocks and decodes preempt them."""
+    import random
+
+    def run(v0: bool) -> tuple[int, int]:
+        """(iterations that preempted, those of them that also started a prefill, i.e. admitted a request)"""
+        rnd = random.Random(seed)
+        dep = deploy(12, EngineConfig(max_num_batched_tokens=24, admit_after_preemption=v0))
+        sched = dep.instances[0].sched
+        counts = [0, 0]
+        schedule = sched.schedule
+
+        def watched(now):
+            continuing = {r.id for r in sched.prefilling}
+            batch = schedule(now)
+            if batch is not None and batch.preempted:
+                counts[0] += 1
+                counts[1] += any(r.id not in continuing for r, _ in batch.prefill)
+            return batch
+
+        sched.schedule = watched
+        reqs = [Request(i, i * 0.002, rnd.randint(10, 60), rnd.randint(5, 40)) for i in range(30)]
+        dep.run(reqs)
+        assert all(r.state == State.FINISHED for r in reqs)
+        return counts[0], counts[1]
+
+    p0, a0 = run(True)
+    p1, a1 = run(False)
+    assert p0 > 0 and a0 > 0  # V0: some preempting iterations admit
+    assert p1 > 0 and a1 == 0  # V1: none does
+
+
 def test_request_larger_than_pool_is_rejected_with_reason():
     dep = deploy(4.5)
     r = Request(0, 0.0, 60, 10)  # 70 tokens = 5 blocks > 4
@@ -132,12 +167,13 @@ arrivals = st.lists(st.tuples(st.floats(0, 0.2), st.integers(1, 120), st.integer
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(reqs=arrivals, blocks=st.floats(8, 30), preemption=st.sampled_from(["recompute", "swap"]),
-       chunked=st.booleans(), budget=st.integers(16, 256), policy=st.sampled_from(["none", "sel2", "deepspeed"]))
-def test_engine_invariants(reqs, blocks, preemption, chunked, budget, policy):
+       chunked=st.booleans(), budget=st.integers(16, 256), policy=st.sampled_from(["none", "sel2", "deepspeed"]),
+       v0=st.booleans())
+def test_engine_invariants(reqs, blocks, preemption, chunked, budget, policy, v0):
     """Memory never exceeds capacity (checked every iteration), every request ends in exactly one state,
     and each request's times are ordered."""
     cfg = EngineConfig(preemption=preemption, chunked_prefill=chunked, max_num_batched_tokens=budget,
-                       max_num_seqs=8, swap_space_gib=1e-4)
+                       max_num_seqs=8, swap_space_gib=1e-4, admit_after_preemption=v0)
     kind, params = ("selectn-static", {"interval": 2}) if policy == "sel2" else (policy, {})
     dep = deploy(blocks, cfg, kind, **params)
     rs = [Request(i, t, p, o) for i, (t, p, o) in enumerate(sorted(reqs))]
