@@ -156,8 +156,9 @@ class Instance:
             if batch is None and best != self.plan and self.apply_plan(best) is not None:
                 batch = sched.schedule(env.now)  # a policy with a smaller KV pool now gave memory back
             if batch is None:
-                # Work is queued but nothing fits, and nothing runs that could free memory.
-                if self.closed:
+                # Work is queued but nothing fits, and nothing runs that could free memory (unless the
+                # policy holds the queue back for now and will wake this instance).
+                if self.closed and not self.policy.holds_back(self):
                     for req in [*sched.waiting, *sched.swapped, *sched.prefilling]:
                         self._drop(req, "could not be scheduled: the KV pool cannot hold it")
                     return

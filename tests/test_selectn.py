@@ -169,3 +169,62 @@ def test_selectn_engine_invariants(reqs, gpu_kb, preemption, ttft, tpot, gpus):
     for inst in res.instances:
         assert all(a <= b for a, b in zip(inst.sched.iter_end, inst.sched.iter_end[1:]))
         assert inst.bm.used == 0
+
+
+# --- a bus shared by two GPUs: who may copy while an iteration planned alone is in flight ---------------
+# Tiny model (4 layers of 82,176 B), 1 ms per layer + 0.5 ms fixed, one layer's copy 2 ms alone on the bus
+# and 4 ms shared. Interval 2 (layers 1 and 3 in host memory): alone 6.5 ms (copy 1 at 0-2, layers 0 0-1,
+# 1 2-3, 2 3-4, copy 3 at 3-5, layer 3 5-6, fixed), shared 10.5 ms; interval 4 (layer 3): 4.5 / 5.5 ms.
+def two_gpus_on_a_bus():
+    cfg = EngineConfig(max_num_batched_tokens=64, max_num_seqs=4)
+    hw = tiny_hw(1e7, h2d_bytes_per_s=82_176 / 2e-3, bus_bytes_per_s=82_176 / 2e-3, gpus_per_bus=2)
+    return Deployment(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=1), cfg, num_gpus=2)
+
+
+def test_a_peer_with_nothing_to_run_does_not_share_the_bus():
+    """A peer whose work has ended holds an offloaded plan (and its last iteration copied), but runs nothing:
+    it is idle. A peer with requests queued for admission, or running, may copy."""
+    dep = two_gpus_on_a_bus()
+    a, b = dep.instances
+    b.plan = a.policy.rec.plans[1]  # interval 2: two layers in host memory
+    b.policy.uses_link_now = True  # what its last iteration did
+    idle, busy, queued = a.policy._bus_others()
+    assert set(idle) == {1} and not idle[1].uses_link and busy == {} and queued == {}
+    b.sched.add(Request(0, 0.0, 8, 4, 1.0, 1.0))
+    idle, busy, queued = a.policy._bus_others()
+    assert idle == {} and busy == {} and queued == {1: True}
+
+
+def test_an_iteration_planned_alone_on_the_bus_is_not_slowed_by_a_peer():
+    """GPU 0 starts alone at TPOT SLO 7 ms and so runs interval 2 (6.5 ms alone). GPU 1 gets a request at
+    20 ms: it starts with nothing offloaded (4.5 ms, no copies) and would then offload to interval 2 too,
+    which only fits 7 ms per token if shared with nobody -- while GPU 0's iteration is in flight, planned
+    with the bus to itself, GPU 1 stays off the link; GPU 0 then plans with the peer (interval 4, 5.5 ms
+    shared). No iteration takes longer than the time it was planned with, and every request meets its SLO."""
+    dep = two_gpus_on_a_bus()
+    rs = [Request(0, 0.0, 8, 20, 1.0, 7e-3), Request(1, 0.02, 8, 20, 1.0, 7e-3)]
+    res = dep.run(rs)
+    for inst in res.instances:
+        log = inst.policy.log
+        assert len(log) == len(inst.sched.iter_end)
+        for (t, _, _, _, pred), end in zip(log, inst.sched.iter_end):
+            assert end - t <= pred + 1e-12
+    a = res.instances[0].policy
+    assert a.log[0][2] == 2 and a.log[0][4] == pytest.approx(6.5e-3)
+    assert all(r.state == State.FINISHED and r.meets_slo() for r in rs)
+
+
+def test_a_long_ttft_budget_does_not_buy_a_prefill_plan_the_decode_plan_would_copy_back():
+    """One GPU, TPOT SLO 7 ms, TTFT SLO an hour. The decode plan is interval 2 (6.5 ms; interval 1, every
+    layer in host memory, takes 12.5 ms). The prefill must not run at interval 1 just because the hour of
+    TTFT budget hides the copies back in (layers 0 and 2, 2 ms each): it runs at interval 2, 6.5 ms."""
+    cfg = EngineConfig(max_num_batched_tokens=64, max_num_seqs=4)
+    hw = tiny_hw(1e7, h2d_bytes_per_s=82_176 / 2e-3, bus_bytes_per_s=82_176 / 2e-3)
+    dep = Deployment(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=1), cfg)
+    rs = [Request(0, 0.0, 8, 30, 3600.0, 7e-3), Request(1, 0.03, 8, 30, 3600.0, 7e-3)]
+    res = dep.run(rs)
+    log = res.instances[0].policy.log
+    assert [(k, i) for _, k, i, _, _ in log[:2]] == [("prefill", 2), ("decode", 2)]
+    assert log[0][4] == pytest.approx(6.5e-3) and log[1][4] == pytest.approx(6.5e-3)
+    assert all(i == 2 for _, k, i, _, _ in log if k == "prefill")
+    assert all(r.meets_slo() for r in rs)

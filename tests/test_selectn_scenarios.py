@@ -58,6 +58,26 @@ def test_c_shared_bus_select_n_meets_the_slo():
     assert r["flexgen"]["attainment"] >= 0.99  # not reproduced: FlexGen does not violate here (README)
 
 
+def test_c_why_select_n_loses_to_flexgen_on_a_saturated_bus():
+    """Both 13B models need >= 10 of 40 layers in host memory; while both GPUs decode they saturate the bus,
+    so Select-N runs i = 4 -- FlexGen's bytes (f = 0.25) -- but stages a whole layer where FlexGen stages two
+    quarter-layers: KV pools of 45 and 23 blocks against 69 and 47 (README). Once OPT-13B's GPU has no more
+    work, the Llama-2-13B GPU plans with the whole bus and runs full batches of 8."""
+    sc = R.load("selectn_c_contention", R._batch_edit(8, "a10", True, 2, ["opt-13b", "llama-2-13b"], 0.6))
+    runs = sc.simulate(sample_interval_s=0.0, detail_iterations=0)
+    sn, fg = runs["selectn"], runs["flexgen"]
+    assert sn.summary["slo_attainment"] == 1.0 and fg.summary["slo_attainment"] == 1.0
+    pools = [int(p.blocks[p.pos[4]]) for p in (i.policy for i in sn.result.instances)]
+    assert pools == [45, 23]
+    assert [i.bm.num_blocks for i in fg.result.instances] == [69, 47]
+    assert [i.policy.fraction for i in fg.result.instances] == [0.25, 0.25]
+    a = sn.result.instances[0]
+    end_a = max(r.finish_s for r in a.done)
+    s = sn.series[sn.series.gpu == 1]
+    assert s[s.time_s < end_a].running.max() <= 4 and s[s.time_s > end_a].running.max() == 8
+    assert sn.summary["throughput_tokens_per_s"] < fg.summary["throughput_tokens_per_s"]  # not reproduced
+
+
 def test_c_uses_the_coordinator_and_the_shared_bus():
     sc = R.load("selectn_c_contention", R._batch_edit(4, "a10", True, 2, ["opt-13b", "llama-2-13b"], 0.6))
     run = sc.simulate(policies=[p for p in sc.policies() if p.kind == "selectn"], sample_interval_s=0.05)["selectn"]

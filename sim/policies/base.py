@@ -69,6 +69,12 @@ class OffloadPolicy(ABC):
         (and the queue behind it) waiting for now."""
         return None
 
+    def holds_back(self, inst: "Instance") -> bool:
+        """True while `admit` defers this GPU's queue for a reason outside it (a bus peer needs the bus to
+        itself for a while) and will wake the instance when that ends: the queue is kept, not dropped,
+        even after the last arrival."""
+        return False
+
     @property
     def uses_host_link(self) -> bool:
         return self.host_weight_bytes() > 0

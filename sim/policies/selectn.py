@@ -99,6 +99,12 @@ class SelectN(OffloadPolicy):
         self.log: list[tuple] = []  # (time, kind, interval, budget ok, predicted s)
         self.predicted_misses = 0
         self.uses_link_now = False  # whether the iteration in flight moves data over the host link
+        # solo: the iteration in flight was planned with the bus to itself (no peer copying); bus peers with
+        # nothing running then hold their queue back (`admit`) until this GPU plans with them again
+        self.solo = False
+        self.busy_until = 0.0  # predicted end of the iteration in flight
+        self.wants_link = False  # held off the link by a solo peer although a copying plan was preferred
+        self._wake_at: float | None = None
         self._promote: dict[tuple[int, int], int] = {}
         self.coord: BusCoordinator | None = None
         if self.coordinate and len(ctx.bus_gpus) > 1:
@@ -142,23 +148,62 @@ class SelectN(OffloadPolicy):
             b = (c.layer_time(shape), c.fixed_time(shape))
         return np.array([self.rec.times(b[0], b[1], s) for s in range(self.shares)])[:, self.col]
 
-    def _bus_others(self) -> tuple[dict[int, Candidate], dict[int, bool]]:
-        """Other GPUs on this bus: the idle ones that cannot copy (as candidates), and which may share the
-        bus during this iteration -- copying now, or holding an offloaded plan and so copying as soon as
-        they get work (a peer that wakes up mid-iteration does not wait for this one)."""
+    def _peers(self) -> list["Instance"]:
+        insts = self.ctx.shared.get("instances", [])
+        return [insts[g] for g in self.ctx.bus_gpus if g != self.ctx.gpu and g < len(insts)]
+
+    def _bus_others(self) -> tuple[dict[int, Candidate], dict[int, bool], dict[int, bool]]:
+        """Other GPUs on this bus, in three groups:
+        - idle: nothing to run (no iteration in flight, so no copy), as candidates that do not use the link;
+        - busy: running requests; True if they may copy during this iteration (copying now, holding an
+          offloaded plan, or swapping KV);
+        - yielding: peers that copy only once this GPU lets them -- requests waiting for admission and
+          nothing running (True if they would copy once they start: `admit` holds them back while this GPU
+          runs `solo`), or running without the link and held off it by this GPU's solo iteration
+          (`wants_link`). So a peer that gets work, or wants to offload, mid-iteration never steals the
+          bandwidth an iteration was planned with."""
         idle: dict[int, Candidate] = {}
         busy: dict[int, bool] = {}
-        insts = self.ctx.shared.get("instances", [])
-        for g in self.ctx.bus_gpus:
-            if g == self.ctx.gpu or g >= len(insts):
-                continue
-            o = insts[g]
-            moving = bool(o.plan.offloaded) or o.ctx.engine.preemption == "swap" \
-                or bool(getattr(o.policy, "uses_link_now", False))
-            busy[g] = moving
-            if not o.sched.has_work() and not moving:
+        queued: dict[int, bool] = {}
+        for o in self._peers():
+            g = o.gpu
+            s = o.sched
+            moving = bool(o.plan.offloaded) or o.ctx.engine.preemption == "swap"
+            if s.prefilling or s.decoding or s.swapped:
+                busy[g] = moving or bool(getattr(o.policy, "uses_link_now", False))
+                if not busy[g] and getattr(o.policy, "wants_link", False):
+                    del busy[g]
+                    queued[g] = True
+            elif s.waiting:
+                queued[g] = moving
+            else:
                 idle[g] = idle_candidate(o.plan.interval or 0, o.plan.host_bytes(o.ctx.model), self.shares)
-        return idle, busy
+        return idle, busy, queued
+
+    def _solo_peer(self) -> "SelectN | None":
+        """A bus peer whose running requests were last planned with the bus to themselves."""
+        for o in self._peers():
+            pol = o.policy
+            if getattr(pol, "solo", False) and (o.sched.prefilling or o.sched.decoding or o.sched.swapped):
+                return pol
+        return None
+
+    def holds_back(self, inst: "Instance") -> bool:
+        return self.admission and self._solo_peer() is not None
+
+    def _wake_later(self, inst: "Instance", t: float) -> None:
+        """Wake ``inst`` at ``t`` (once), to try its held-back queue again."""
+        env = self.ctx.shared.get("env")
+        if env is None or (self._wake_at is not None and self._wake_at <= t):
+            return
+        self._wake_at = t
+
+        def wake():
+            yield env.timeout(max(t - env.now, 0.0))
+            if self._wake_at == t:
+                self._wake_at = None
+            inst.wake()
+        env.process(wake())
 
     def _reserved(self, sched, extra: "Request | None" = None) -> int:
         bs, tot = self.bs, 0
@@ -192,35 +237,62 @@ class SelectN(OffloadPolicy):
         # a switch is a one-off burst of copies that a peer may start sharing at any moment: worst share
         S = np.repeat((n_prom * per_copy[-1])[None, :], self.shares, axis=0)
         V = self._violations(inst, shape, now, kind, T, S, per_copy, mem_ok)  # (shares, cands)
-        idle, busy = self._bus_others()
-        m_local = 1 + sum(busy.values())
-        j_star = None
-        if self.coord is not None:
-            cands = [Candidate(self.cands[j], float(self.host[j]), bool(self.pcie[j] or n_prom[j] or swap),
-                               tuple(bool(V[s, j] <= 0) for s in range(self.shares)),
-                               tuple(float((self.pcie[j] + n_prom[j] * self.lb + swap) / T[s, j] + 0.0)
-                                     for s in range(self.shares)))
-                     for j in range(len(self.cands)) if mem_ok[j]]
-            pick = self.coord.decide(self.ctx.gpu, cands, idle, busy)
-            if pick is not None:
-                j_star = self.pos[pick.interval]
-        s_loc = min(m_local, self.shares) - 1
+        idle, busy, queued = self._bus_others()
+        cands = [Candidate(self.cands[j], float(self.host[j]), bool(self.pcie[j] or n_prom[j] or swap),
+                           tuple(bool(V[s, j] <= 0) for s in range(self.shares)),
+                           # bytes/s over the time the iteration takes, its switch (the promotions) included
+                           tuple(float((self.pcie[j] + n_prom[j] * self.lb + swap) / (T[s, j] + S[s, j]))
+                                 for s in range(self.shares)))
+                 for j in range(len(self.cands)) if mem_ok[j]] if self.coord is not None else []
+        # peers with queued work start copying as soon as they are admitted: plan with them if possible;
+        # if no plan then meets the budgets, keep them waiting (they hold back while this GPU runs solo)
+        # (what a queued peer posted last was for work that has ended: it counts as a link user only)
+        starting = {g: Candidate(0, 0.0, m, (True,) * self.shares, (0.0,) * self.shares) for g, m in queued.items()}
+        j_star, s_loc = self._pick(V, mem_ok, cands, {**idle, **starting}, {**busy, **queued})
+        if j_star is None and any(queued.values()):
+            waiting = {g: idle_candidate(0, 0.0, self.shares) for g in queued}
+            j2, s2 = self._pick(V, mem_ok, cands, {**idle, **waiting}, busy)
+            if j2 is not None:
+                j_star, s_loc = j2, s2
+        # a peer's iteration in flight was planned with the bus to itself: stay off the link if we can
+        link = (self.pcie > 0) | (n_prom > 0) | (swap > 0)
+        self.wants_link = False
+        if j_star is not None and link[j_star] and (mem_ok & ~link).any() and self._solo_peer() is not None:
+            self.wants_link = True
+            keep = mem_ok & ~link
+            j_star, s_loc = self._pick(V, keep, [c for c, j in zip(cands, np.nonzero(mem_ok)[0]) if keep[j]],
+                                       {**idle, **starting}, {**busy, **queued})
+            if j_star is None:  # the least late of them
+                vk = np.where(keep, V[s_loc], INF)
+                j_star = int(len(vk) - 1 - np.argmin(vk[::-1]))
+            mem_ok = keep
         v = np.where(mem_ok, V[s_loc], INF)
-        if j_star is None:
-            feasible = np.nonzero(v <= 0)[0]
-            if len(feasible):
-                j_star = int(feasible[0])
-            else:  # nothing meets every budget: the least late, faster on ties
-                j_star = int(len(v) - 1 - np.argmin(v[::-1]))
-                self.predicted_misses += 1
+        if j_star is None:  # nothing meets every budget: the least late, faster on ties
+            j_star = int(len(v) - 1 - np.argmin(v[::-1]))
+            self.predicted_misses += 1
         new = self._hysteresis(kind, self.cands[j_star], v, mem_ok)
         jn = self.pos[new]
         self.uses_link_now = bool(self.pcie[jn] or n_prom[jn] or swap)
+        self.solo = self.uses_link_now and s_loc == 0 and len(self.ctx.bus_gpus) > 1
+        self.busy_until = now + float(T[s_loc, jn] + S[s_loc, jn])
         self.state[kind] = new
         self.iterations[(kind, new)] += 1
         if len(self.log) < self.log_limit:
             self.log.append((now, kind, new, bool(v[jn] <= 0), float(T[s_loc, jn] + S[s_loc, jn])))
         return self.rec.plans[new - 1]
+
+    def _pick(self, V: np.ndarray, mem_ok: np.ndarray, cands: list[Candidate], idle: dict[int, Candidate],
+              busy: dict[int, bool]) -> tuple[int | None, int]:
+        """The candidate index meeting every budget with the bus shared as ``busy`` says (coordinated when
+        GPUs share a bus; the most offloaded one), or None; and the share index this GPU plans with."""
+        s_loc = min(1 + sum(busy.values()), self.shares) - 1
+        if self.coord is not None:
+            pick = self.coord.decide(self.ctx.gpu, cands, idle, busy)
+            if pick is not None:
+                return self.pos[pick.interval], s_loc
+        # no coordinator, or no combination fits: what meets this GPU's budgets at its share
+        feasible = np.nonzero(np.where(mem_ok, V[s_loc], INF) <= 0)[0]
+        return (int(feasible[0]) if len(feasible) else None), s_loc
 
     def _hysteresis(self, kind: str, desired: int, v: np.ndarray, mem_ok: np.ndarray) -> int:
         st = self.state[kind]
@@ -282,12 +354,14 @@ class SelectN(OffloadPolicy):
             home, t_home = self._home(inst, shape, mem_ok)
             back = np.array([len(self.off[j] - self.off[self.pos[home]]) for j in range(len(self.cands))])
             S_back = back[None, :] * per_copy[:, None]
-            V = V + np.where(back > 0, 1e3, 0.0)[None, :]
             if len(slack_a):
                 worst = np.max(t_home[:, None] * (rem_a[None, :] - 1) - slack_a[None, :], axis=1)  # (shares,)
                 V = np.maximum(V, T + S + S_back + worst[:, None])
             if tpot_next < INF:
                 V = np.maximum(V, S_back / max(rem_next, 1) + (t_home - tpot_next)[:, None])
+            # ruled out whatever the other budgets' slack (a TTFT budget of an hour must not buy them back);
+            # still ordered by lateness, for the least-late choice when nothing meets every budget
+            V = np.where((back > 0)[None, :], np.maximum(V, 0.0) + 1e6, V)
         return V
 
     def _home(self, inst: "Instance", shape: BatchShape, mem_ok: np.ndarray) -> tuple[int, np.ndarray]:
@@ -301,7 +375,7 @@ class SelectN(OffloadPolicy):
             return cur, np.zeros(self.shares)
         Td = self._predict(post)
         home = self.state["decode"]
-        if home is None:
+        if home is None or not mem_ok[self.pos[home]]:  # none yet, or it cannot hold the batch's KV
             tpot = min([r.tpot_slo_s for r, _ in fin] + [r.tpot_slo_s for r in inst.sched.decoding.values()] + [INF])
             ok = np.nonzero(mem_ok & (Td[0] <= tpot))[0]
             home = self.cands[ok[0]] if len(ok) else self.cands[int(np.nonzero(mem_ok)[0][-1])]
@@ -317,8 +391,14 @@ class SelectN(OffloadPolicy):
         if not len(fits):
             return DEFER if running else None  # the engine itself rejects a request no pool can hold
         j = int(fits[-1])
-        _, busy = self._bus_others()
-        s = min(1 + sum(busy.values()), self.shares) - 1
+        if not running and (self.pcie[j] or inst.ctx.engine.preemption == "swap"):
+            peer = self._solo_peer()
+            if peer is not None:  # a peer's iteration was planned with the bus to itself: wait for it
+                self._wake_later(inst, max(peer.busy_until, now + 1e-6))
+                return DEFER
+        _, busy, queued = self._bus_others()
+        # plan admissions with every peer that has work (queued ones too: they start once we are not solo)
+        s = min(1 + sum(busy.values()) + sum(queued.values()), self.shares) - 1
         # TTFT: this iteration's prefills plus this prompt, with the running decodes
         pre = [(r.num_tokens - r.computed, r.computed) for r in sched.prefilling if r.num_tokens > r.computed]
         pb = BatchShape.build(pre + [(req.num_tokens, 0)])
@@ -345,11 +425,12 @@ class SelectN(OffloadPolicy):
             if slack:
                 cur = self._interval_of(inst.plan)
                 home = self.state["decode"] or cur
-                hj = self.pos.get(home, len(self.cands) - 1)
+                # the decode plan after this admission: home, unless its pool cannot hold the new KV
+                hj = min(self.pos.get(home, len(self.cands) - 1), j)
                 per_copy = self.lb / self.rates[-1] + self.rec.latency_s
                 T_mixed = self._predict(shape)[s]
                 t_mixed = min(float(T_mixed[jj]) + self._n_promote(cur, jj) * per_copy
-                              for jj in range(len(self.cands)) if self.off[jj] <= self.off[hj])
+                              for jj in range(j + 1) if self.off[jj] <= self.off[hj])
                 dec_now = BatchShape(0, 0, 0.0, 0, len(sched.decoding), sched.decode_ctx_sum())
                 Td = self._predict(dec_now)[s]
                 t_home, t_fast = float(Td[hj]), float(Td[j])  # stay at the decode plan, or speed up to j
