@@ -113,10 +113,11 @@ def test_unknown_handler_parameters_name_themselves():
 # --- properties -----------------------------------------------------------------------------------------------
 request_lists = st.lists(st.tuples(st.floats(0, 0.6), st.integers(1, 150), st.integers(1, 90)), min_size=5,
                          max_size=120)
-engines = st.builds(lambda seqs, budget, chunked, swap: EngineConfig(max_num_seqs=seqs, max_num_batched_tokens=budget,
-                                                                     chunked_prefill=chunked, swap_space_gib=swap),
+engines = st.builds(lambda seqs, budget, chunked, swap, v1: EngineConfig(
+                        max_num_seqs=seqs, max_num_batched_tokens=budget, chunked_prefill=chunked,
+                        swap_space_gib=swap, admit_after_preemption=not v1, watermark=0.0 if v1 else 0.01),
                     st.sampled_from([4, 8, 16]), st.sampled_from([32, 128, 512]), st.booleans(),
-                    st.sampled_from([1e-4, 1e-3]))
+                    st.sampled_from([1e-4, 1e-3]), st.booleans())  # v1: vLLM V1's admission (the burst scenarios')
 
 
 def as_requests(raw, tail):
