@@ -77,8 +77,9 @@ def test_burst_a100_shortened(tmp_path):
 @pytest.mark.parametrize("name", ["kunserve_burst", "kunserve_burst_h100"])
 def test_full_burst_headline(name):
     """The issue's headline on the full ten minutes: KunServe's P99 TTFT during the burst is at least 10x
-    lower than recompute's. Recompute's comes from the preemption spiral of partial prefills under a full KV
-    cache (hundreds of preemptions); KunServe's drop leaves room for the burst (almost none)."""
+    lower than recompute's. Recompute's comes from the preemption spiral under a full KV cache (requests
+    prefilled in 2,048-token chunks need blocks chunk by chunk: over a thousand preemptions); KunServe's drop
+    leaves room for the burst (few)."""
     path = SCENARIOS / f"{name}.yaml"
     sc = load_scenario(path, trace=shared_dir() / "data" / "traces" / "azure_conv_2023.csv")
     compare = [c.spec() for c in sc.sc.compare if c.name in ("recompute", "kunserve")]
