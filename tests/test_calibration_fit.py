@@ -16,7 +16,7 @@ from sim.model import get_model
 
 FIX = Path(__file__).parent / "fixtures"
 TRUE = CalibratedParams(
-    compute_efficiency=0.68, memory_efficiency=0.8, gemm_overhead_s=6e-6, knee_sharpness=2.5,
+    compute_efficiency=0.68, memory_efficiency=0.8, gemm_overhead_s=6e-6, knee_sharpness=4.0,
     wave_quantization=0.3, norm_efficiency=0.35, rope_efficiency=0.55, act_efficiency=0.7, add_efficiency=0.9,
     row_kernel_overhead_s=2.5e-6, rope_overhead_s=3.5e-6, add_overhead_s=1.5e-6,
     row_latency_s_per_element=3e-10, l2_spill_penalty=0.6)
@@ -51,6 +51,9 @@ def test_recovers_known_parameters_with_noise(gpu):
     for name, true in asdict(TRUE).items():
         if PARAM_SPECS.get(name, (0, 0, 0, "attention"))[3] == "attention" or name == "iteration_overhead_s":
             continue  # no attention rows in this data
+        if name == "wave_quantization" and len(gpu_constants(gpu).kernels()) > 1:
+            assert name not in fit.fitted  # several kernels: whole waves, the parameter is unused
+            continue
         tol = 0.03 if name in tight else 0.15
         assert getattr(fit.params, name) == pytest.approx(true, rel=tol), name
     # and the fitted model reproduces the noiseless layer times
@@ -81,7 +84,7 @@ def test_attention_fitted_from_backend_layer_times():
 
 def test_public_data_fit_is_close_and_physical():
     # fitted on both models and every tp; scored on the tp = 1 rows (H100: cuBLAS switches kernels between
-    # token counts, which no smooth physics follows: ~4.6 % / 11.2 %; A100 ~2.4 % / 6.0 %)
+    # token counts, which no smooth physics follows: ~3.9 % / 10.8 %; A100 ~2.5 % / 5.8 %)
     for gpu, prefix, med, p90 in (("h100-sxm", "h100", 0.05, 0.12), ("a100-80g", "a100", 0.03, 0.07)):
         from calibration.measurements import load_measurements
         table, _, _ = load_measurements(vidur_files(prefix))
@@ -94,6 +97,8 @@ def test_public_data_fit_is_close_and_physical():
         p = fit.params
         assert 0.6 < p.compute_efficiency < 0.85 and 0.7 < p.memory_efficiency <= 1.0
         assert 1e-6 < p.gemm_overhead_s < 2e-5
+        # the Little's-law stream latency: fitted on H100 (~0.1 us at 512 B in flight per column), 0 on A100
+        assert (1e-8 < p.memory_latency_s < 1e-6) if gpu == "h100-sxm" else p.memory_latency_s == 0.0
 
 
 def test_fit_cli_writes_profile_with_provenance(tmp_path):
