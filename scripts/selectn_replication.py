@@ -142,13 +142,17 @@ def headline(res: dict[int, dict[str, Any]]) -> dict[str, Any]:
              if "error" not in r["flexgen"] and r["flexgen"]["host_gb"] > 0]
     ds = [r["deepspeed"]["tpot_mean"] / r["tpot_slo"] for r in res.values() if "error" not in r["deepspeed"]]
     fg_miss = [B for B, r in res.items() if "error" not in r["flexgen"] and r["flexgen"]["attainment"] < 0.99]
+    # the contention-blind FlexGen (link_bandwidth: alone), where the scenario compares it
+    alone = [B for B, r in res.items() if "flexgen-alone" in r and "error" not in r["flexgen-alone"]
+             and r["flexgen-alone"]["attainment"] < 0.99]
     sn_ok = all(ok(r["selectn"]) for r in res.values())
     sn_host = max((r["selectn"]["host_gb"] for r in res.values() if "error" not in r["selectn"]), default=0.0)
     return {"best_ratio": best("selectn") / best("flexgen") if best("flexgen") else float("inf"),
             "max_batch_ratio": max(per_b, default=float("nan")), "min_batch_ratio": min(per_b, default=float("nan")),
             "host_ratio_max": max(hosts, default=float("nan")), "host_ratio_min": min(hosts, default=float("nan")),
             "deepspeed_miss": max(ds, default=float("nan")), "flexgen_misses_at": fg_miss, "selectn_all_ok": sn_ok,
-            "selectn_host_gb": sn_host}
+            "selectn_host_gb": sn_host, "alone_misses_at": alone,
+            "has_alone": any("flexgen-alone" in r for r in res.values())}
 
 
 def run_d(gpu: str, quick: bool) -> dict[str, Any]:
@@ -186,6 +190,10 @@ def markdown(all_res: dict[str, dict[str, Any]]) -> str:
         else:
             rows.append((f"{label}: batches where FlexGen misses (< 99 % attainment)", PAPER["c_flexgen"],
                          [", ".join(map(str, h["flexgen_misses_at"])) or "none" for h in hs]))
+            if any(h["has_alone"] for h in hs):
+                rows.append((f"{label}: batches where a contention-blind FlexGen (`link_bandwidth: alone`) misses",
+                             PAPER["c_flexgen"],
+                             [", ".join(map(str, h["alone_misses_at"])) or "none" for h in hs]))
         rows.append((f"{label}: Select-N >= 99 % attainment at every batch", "yes",
                      ["yes" if h["selectn_all_ok"] else "no" for h in hs]))
     for pol in ("selectn", "none", "flexgen"):

@@ -138,6 +138,21 @@ def test_flexgen_chooses_once_with_peak_compute_and_worst_case_bandwidth():
     assert run.summary["slo_attainment"] == 1.0
 
 
+def test_flexgen_alone_plans_with_the_whole_link():
+    """link_bandwidth="alone": the link as measured by one GPU (24 GB/s on the A10 preset), not bus / 2; with
+    more bandwidth in its model it offloads at least as much for the same SLO."""
+    rs = SyntheticWorkload(Batch(16), Fixed(64), Fixed(4), 1.0).generate(0)
+    ttft, _ = ref_latency(16, 64, 64)
+    specs = [PolicySpec("flexgen", {"batch_size": 16}, name="worst"),
+             PolicySpec("flexgen", {"batch_size": 16, "link_bandwidth": "alone"}, name="alone")]
+    runs = simulate(OPT, A10, rs, specs, slo=SLO(1.5 * ttft, 10.0))
+    worst, alone = (runs[n].result.instances[0].policy for n in ("worst", "alone"))
+    assert alone.worst_bw == pytest.approx(24e9) and worst.worst_bw == pytest.approx(12e9)
+    assert alone.fraction >= worst.fraction
+    with pytest.raises(ValueError, match="link_bandwidth must be"):
+        make_policy("flexgen", link_bandwidth="best")
+
+
 def test_prefetch_policy_is_the_static_group_plan():
     rs = SyntheticWorkload(Batch(4), Fixed(64), Fixed(4), 1.0).generate(0)
     run = simulate(OPT, A10, rs, [PolicySpec("prefetch", {"group_size": 8, "offload_per_group": 2,

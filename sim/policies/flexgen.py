@@ -7,7 +7,9 @@ the SLO -- predicted with
 - the spec-sheet cost model: peak FLOP/s and HBM bandwidth, efficiency 1, no kernel or iteration overhead
   (optimistic about compute), and
 - the worst-case host-link bandwidth: the bus bandwidth divided by the GPUs that share it (pessimistic
-  about PCIe).
+  about PCIe when the GPU is alone on its bus). ``link_bandwidth="alone"`` plans instead with the link as
+  FlexGen's profiler measures it, one GPU at a time: blind to bus contention, so on a shared, busy bus it
+  offloads more than the SLO allows (the Select-N paper's contended FlexGen, which misses at small batches).
 The plan is FlexGen's layer-wise split (`OffloadPlan.layerwise`): f of each layer streamed one layer ahead
 into two staging buffers. When the PCIe side dominates, the pessimism makes it offload less than it could
 (less host memory used, fewer KV blocks, smaller batches); when compute dominates, the optimism can make
@@ -49,7 +51,10 @@ class FlexGenSLO(OffloadPolicy):
 
     def __init__(self, batch_size: int | None = None, prompt_tokens: int | None = None,
                  context_tokens: int | None = None, ttft_slo_s: float | None = None,
-                 tpot_slo_s: float | None = None, step: float = 0.05, fraction: float | None = None) -> None:
+                 tpot_slo_s: float | None = None, step: float = 0.05, fraction: float | None = None,
+                 link_bandwidth: str = "worst-case") -> None:
+        if link_bandwidth not in ("worst-case", "alone"):
+            raise ValueError(f"link_bandwidth must be 'worst-case' or 'alone', got {link_bandwidth!r}")
         if not 0 < step <= 1:
             raise ValueError(f"step must be in (0, 1], got {step}")
         if fraction is not None and not 0 <= fraction <= 1:
@@ -57,6 +62,7 @@ class FlexGenSLO(OffloadPolicy):
         self.batch_size, self.prompt_tokens, self.context_tokens = batch_size, prompt_tokens, context_tokens
         self.ttft_slo_s, self.tpot_slo_s, self.step = ttft_slo_s, tpot_slo_s, step
         self.fraction = fraction
+        self.link_bandwidth = link_bandwidth
         self.slo_feasible: bool | None = None  # whether its own model found a fraction meeting the SLO
         self.predicted: dict[str, float] = {}
 
@@ -64,7 +70,8 @@ class FlexGenSLO(OffloadPolicy):
         super().setup(ctx)
         m, hw = ctx.model, ctx.hw
         self.peak = peak_spec_cost(m, hw)
-        self.worst_bw = min(hw.h2d_bytes_per_s, hw.bus_bytes_per_s / hw.gpus_per_bus)
+        alone = min(hw.h2d_bytes_per_s, hw.bus_bytes_per_s)
+        self.worst_bw = alone if self.link_bandwidth == "alone" else min(alone, hw.bus_bytes_per_s / hw.gpus_per_bus)
         n = int(round(1 / self.step))
         self.grid = [min(1.0, k * self.step) for k in range(n + 1)]
         self.fits = [f for f in self.grid
