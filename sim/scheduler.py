@@ -69,8 +69,12 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.decoding) + len(self.prefilling)
 
+    def in_flight(self) -> bool:
+        """Requests admitted and not finished: running (prefilling, decoding) or swapped out."""
+        return bool(self.prefilling or self.decoding or self.swapped)
+
     def has_work(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.decoding or self.swapped)
+        return bool(self.waiting) or self.in_flight()
 
     def kv_demand_blocks(self) -> int:
         """Blocks held by running requests plus those the queued ones would need (KunServe's demand)."""

@@ -13,7 +13,7 @@ from sim.model import get_model
 from sim.plan import OffloadPlan
 from sim.policies import make_policy
 from sim.policies.base import InstanceContext
-from sim.policies.coordinator import BusCoordinator, Candidate, choose, idle_candidate
+from sim.policies.coordinator import BusCoordinator, Candidate, bus_others, choose, idle_candidate
 from sim.request import Request, State
 from sim.workload import Batch, Fixed, SyntheticWorkload
 
@@ -203,10 +203,10 @@ def test_a_peer_with_nothing_to_run_does_not_share_the_bus():
     a, b = dep.instances
     b.plan = a.policy.rec.plans[1]  # interval 2: two layers in host memory
     b.policy.uses_link_now = True  # what its last iteration did
-    idle, busy, queued = a.policy._bus_others()
+    idle, busy, queued = bus_others(a.policy.ctx, a.policy.shares)
     assert set(idle) == {1} and not idle[1].uses_link and busy == {} and queued == {}
     b.sched.add(Request(0, 0.0, 8, 4, 1.0, 1.0))
-    idle, busy, queued = a.policy._bus_others()
+    idle, busy, queued = bus_others(a.policy.ctx, a.policy.shares)
     assert idle == {} and busy == {} and queued == {1: True}
 
 

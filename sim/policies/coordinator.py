@@ -9,13 +9,18 @@ GPUs in the combination that copy, plus any that are copying right now) and whos
 bus, and returns the one that keeps the most weight bytes in host memory (ties: less bus demand, then
 larger intervals, i.e. more slack). `BusCoordinator` is the small stateful object one deployment keeps per
 bus in ``ctx.shared``: it remembers what the other GPUs posted last and answers each GPU when it plans.
+`bus_others` and `solo_peer` read what the GPU's bus peers are doing now (idle, running, waiting).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from ..instance import Instance
+    from .base import InstanceContext
 
 
 @dataclass(frozen=True)
@@ -104,3 +109,45 @@ class BusCoordinator:
         for g, j in zip(order, idx):
             self.last_choice[g] = lists[order.index(g)][j].interval
         return lists[order.index(gpu)][idx[order.index(gpu)]]
+
+
+def bus_peers(ctx: "InstanceContext") -> list["Instance"]:
+    """The other instances behind this GPU's upstream bus."""
+    insts = ctx.shared.get("instances", [])
+    return [insts[g] for g in ctx.bus_gpus if g != ctx.gpu and g < len(insts)]
+
+
+def bus_others(ctx: "InstanceContext", shares: int) -> tuple[dict[int, Candidate], dict[int, bool], dict[int, bool]]:
+    """Other GPUs on this bus, in three groups:
+    - idle: nothing to run (no iteration in flight, so no copy), as candidates that do not use the link;
+    - busy: running requests; True if they may copy during this iteration (copying now, holding an
+      offloaded plan, or swapping KV);
+    - yielding: peers that copy only once this GPU lets them -- requests waiting for admission and
+      nothing running (True if they would copy once they start: `admit` holds them back while this GPU
+      runs `solo`), or running without the link and held off it by this GPU's solo iteration
+      (`wants_link`). So a peer that gets work, or wants to offload, mid-iteration never steals the
+      bandwidth an iteration was planned with."""
+    idle: dict[int, Candidate] = {}
+    busy: dict[int, bool] = {}
+    queued: dict[int, bool] = {}
+    for o in bus_peers(ctx):
+        g, s = o.gpu, o.sched
+        moving = bool(o.plan.offloaded) or o.ctx.engine.preemption == "swap"
+        if s.in_flight():
+            busy[g] = moving or bool(getattr(o.policy, "uses_link_now", False))
+            if not busy[g] and getattr(o.policy, "wants_link", False):
+                del busy[g]
+                queued[g] = True
+        elif s.waiting:
+            queued[g] = moving
+        else:
+            idle[g] = idle_candidate(o.plan.interval or 0, o.plan.host_bytes(o.ctx.model), shares)
+    return idle, busy, queued
+
+
+def solo_peer(ctx: "InstanceContext") -> Any:
+    """The policy of a bus peer whose running requests were last planned with the bus to themselves."""
+    for o in bus_peers(ctx):
+        if getattr(o.policy, "solo", False) and o.sched.in_flight():
+            return o.policy
+    return None

@@ -39,7 +39,7 @@ from ..plan import OffloadPlan
 from ..record import PerformanceRecord, efficient_intervals, record_for
 from ..scheduler import DEFER
 from .base import InstanceContext, OffloadPolicy
-from .coordinator import BusCoordinator, Candidate, idle_candidate
+from .coordinator import BusCoordinator, Candidate, bus_others, idle_candidate, solo_peer
 
 if TYPE_CHECKING:
     from ..instance import Instance
@@ -148,48 +148,8 @@ class SelectN(OffloadPolicy):
             b = (c.layer_time(shape), c.fixed_time(shape))
         return np.array([self.rec.times(b[0], b[1], s) for s in range(self.shares)])[:, self.col]
 
-    def _peers(self) -> list["Instance"]:
-        insts = self.ctx.shared.get("instances", [])
-        return [insts[g] for g in self.ctx.bus_gpus if g != self.ctx.gpu and g < len(insts)]
-
-    def _bus_others(self) -> tuple[dict[int, Candidate], dict[int, bool], dict[int, bool]]:
-        """Other GPUs on this bus, in three groups:
-        - idle: nothing to run (no iteration in flight, so no copy), as candidates that do not use the link;
-        - busy: running requests; True if they may copy during this iteration (copying now, holding an
-          offloaded plan, or swapping KV);
-        - yielding: peers that copy only once this GPU lets them -- requests waiting for admission and
-          nothing running (True if they would copy once they start: `admit` holds them back while this GPU
-          runs `solo`), or running without the link and held off it by this GPU's solo iteration
-          (`wants_link`). So a peer that gets work, or wants to offload, mid-iteration never steals the
-          bandwidth an iteration was planned with."""
-        idle: dict[int, Candidate] = {}
-        busy: dict[int, bool] = {}
-        queued: dict[int, bool] = {}
-        for o in self._peers():
-            g = o.gpu
-            s = o.sched
-            moving = bool(o.plan.offloaded) or o.ctx.engine.preemption == "swap"
-            if s.prefilling or s.decoding or s.swapped:
-                busy[g] = moving or bool(getattr(o.policy, "uses_link_now", False))
-                if not busy[g] and getattr(o.policy, "wants_link", False):
-                    del busy[g]
-                    queued[g] = True
-            elif s.waiting:
-                queued[g] = moving
-            else:
-                idle[g] = idle_candidate(o.plan.interval or 0, o.plan.host_bytes(o.ctx.model), self.shares)
-        return idle, busy, queued
-
-    def _solo_peer(self) -> "SelectN | None":
-        """A bus peer whose running requests were last planned with the bus to themselves."""
-        for o in self._peers():
-            pol = o.policy
-            if getattr(pol, "solo", False) and (o.sched.prefilling or o.sched.decoding or o.sched.swapped):
-                return pol
-        return None
-
     def holds_back(self, inst: "Instance") -> bool:
-        return self.admission and self._solo_peer() is not None
+        return self.admission and solo_peer(self.ctx) is not None
 
     def _wake_later(self, inst: "Instance", t: float) -> None:
         """Wake ``inst`` at ``t`` (once), to try its held-back queue again."""
@@ -237,7 +197,7 @@ class SelectN(OffloadPolicy):
         # a switch is a one-off burst of copies that a peer may start sharing at any moment: worst share
         S = np.repeat((n_prom * per_copy[-1])[None, :], self.shares, axis=0)
         V = self._violations(inst, shape, now, kind, T, S, per_copy, mem_ok)  # (shares, cands)
-        idle, busy, queued = self._bus_others()
+        idle, busy, queued = bus_others(self.ctx, self.shares)
         cands = [Candidate(self.cands[j], float(self.host[j]), bool(self.pcie[j] or n_prom[j] or swap),
                            tuple(bool(V[s, j] <= 0) for s in range(self.shares)),
                            # bytes/s over the time the iteration takes, its switch (the promotions) included
@@ -257,7 +217,7 @@ class SelectN(OffloadPolicy):
         # a peer's iteration in flight was planned with the bus to itself: stay off the link if we can
         link = (self.pcie > 0) | (n_prom > 0) | (swap > 0)
         self.wants_link = False
-        if j_star is not None and link[j_star] and (mem_ok & ~link).any() and self._solo_peer() is not None:
+        if j_star is not None and link[j_star] and (mem_ok & ~link).any() and solo_peer(self.ctx) is not None:
             self.wants_link = True
             keep = mem_ok & ~link
             j_star, s_loc = self._pick(V, keep, [c for c, j in zip(cands, np.nonzero(mem_ok)[0]) if keep[j]],
@@ -392,11 +352,11 @@ class SelectN(OffloadPolicy):
             return DEFER if running else None  # the engine itself rejects a request no pool can hold
         j = int(fits[-1])
         if not running and (self.pcie[j] or inst.ctx.engine.preemption == "swap"):
-            peer = self._solo_peer()
+            peer = solo_peer(self.ctx)
             if peer is not None:  # a peer's iteration was planned with the bus to itself: wait for it
                 self._wake_later(inst, max(peer.busy_until, now + 1e-6))
                 return DEFER
-        _, busy, queued = self._bus_others()
+        _, busy, queued = bus_others(self.ctx, self.shares)
         # plan admissions with every peer that has work (queued ones too: they start once we are not solo)
         s = min(1 + sum(busy.values()) + sum(queued.values()), self.shares) - 1
         # TTFT: this iteration's prefills plus this prompt, with the running decodes
