@@ -34,8 +34,8 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from sim.cost import BatchShape
-from sim.cost_calibrated import (CalibratedCostModel, CalibratedParams, Profile, gpu_constants,
-                                 linear_op_times)
+from sim.cost_calibrated import CalibratedCostModel, CalibratedParams, Profile
+from sim.layer_physics import gpu_constants, linear_op_times
 from sim.hardware import get_hardware
 from sim.model import get_model
 

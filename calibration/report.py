@@ -172,7 +172,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path, gpus: Sequence[st
     body = [f"<h1>memslo calibration report</h1><p>Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} "
             f"UTC by <code>{html.escape(command)}</code>.</p>",
             "<p>Data: " + ", ".join(f"{html.escape(p.name)} (sha256 {sha256(p)[:12]}…)" for p in used) + "</p>",
-            "<p>Physics and parameters: <code>sim/cost_calibrated.py</code>; fitting: "
+            "<p>Physics: <code>sim/layer_physics.py</code>; parameters: <code>sim/cost_calibrated.py</code>; fitting: "
             "<code>calibration/fit.py</code>.</p>"]
     first = True
     for gpu in gpus:

@@ -10,8 +10,9 @@ import yaml
 
 from calibration.fit import PARAM_SPECS, fit_params, main as fit_main, predict
 from calibration.measurements import COLUMNS, read_layer_times, vidur_files
-from sim.cost_calibrated import CalibratedParams, gpu_constants, linear_op_times
+from sim.cost_calibrated import CalibratedParams
 from sim.hardware import get_hardware
+from sim.layer_physics import gpu_constants, linear_op_times
 from sim.model import get_model
 
 FIX = Path(__file__).parent / "fixtures"
