@@ -150,17 +150,22 @@ def variants(path: Path, trace: Path | None, seed: int | None) -> str:
     return "\n".join(out)
 
 
-def sensitivity(path: Path, trace: Path | None, scales: list[float]) -> str:
-    """The recompute / KunServe ratio as the burst's extra load grows (burst rate_scale)."""
+def _head_to_head(path: Path, trace: Path | None, edit) -> dict[str, dict]:
+    """Recompute and KunServe alone on the scenario after ``edit(d)`` changes its YAML mapping."""
     import yaml
 
     d = yaml.safe_load(path.read_text())
+    d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")]
+    edit(d)
+    return _variant(path, d, trace, None)[1]
+
+
+def sensitivity(path: Path, trace: Path | None, scales: list[float]) -> str:
+    """The recompute / KunServe ratio as the burst's extra load grows (burst rate_scale)."""
     out = [f"**{path.stem}**: burst size vs. P99 TTFT during the burst (s)", "",
            "| burst rate_scale | recompute | kunserve | ratio |", "|---:|---:|---:|---:|"]
     for sc in scales:
-        d["workload"]["trace"]["bursts"][0]["rate_scale"] = sc
-        d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")]
-        _, rows, _ = _variant(path, d, trace, None)
+        rows = _head_to_head(path, trace, lambda d, sc=sc: d["workload"]["trace"]["bursts"][0].update(rate_scale=sc))
         a, b = rows["recompute"]["burst_p99_ttft_s"], rows["kunserve"]["burst_p99_ttft_s"]
         out.append(f"| {sc:g} | {a:.2f} | {b:.2f} | {a / b:.1f}x |")
     return "\n".join(out)
@@ -170,22 +175,15 @@ def budgets(path: Path, trace: Path | None, tokens: list[int]) -> str:
     """The recompute / KunServe ratio against the engine's chunked-prefill budget (max_num_batched_tokens;
     vLLM serves with 2048 on an A100 and 8192 on an H100 by default) and, at the scenario's budget, memslo's
     default admission (admit in an iteration that preempted, as vLLM V0 does, and a 1 % watermark) instead of
-    the scenario's vLLM V1 rules."""
-    import yaml
-
-    d = yaml.safe_load(path.read_text())
-    d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")]
-    own = d["engine"]["max_num_batched_tokens"]
+    the scenario's vLLM V1 rules (each configuration changes the scenario's engine settings it names)."""
     configs = [(f"{n}", {"max_num_batched_tokens": n}) for n in tokens]
-    configs.append((f"{own}, admitting after a preemption, 1 % watermark",
-                    {"max_num_batched_tokens": own, "admit_after_preemption": True, "watermark": 0.01}))
+    configs.append(("scenario's budget, admitting after a preemption, 1 % watermark",
+                    {"admit_after_preemption": True, "watermark": 0.01}))
     out = [f"**{path.stem}**: chunked-prefill budget and admission rule vs. P99 TTFT during the burst (s)", "",
            "| max_num_batched_tokens | recompute | recompute preemptions | kunserve | ratio |",
            "|---|---:|---:|---:|---:|"]
-    engine = dict(d["engine"])  # the scenario's rules, then each configuration's changes
     for label, over in configs:
-        d["engine"] = {**engine, **over}
-        _, rows, _ = _variant(path, d, trace, None)
+        rows = _head_to_head(path, trace, lambda d, over=over: d["engine"].update(over))
         a, b = rows["recompute"]["burst_p99_ttft_s"], rows["kunserve"]["burst_p99_ttft_s"]
         out.append(f"| {label} | {a:.2f} | {rows['recompute']['preemptions']} | {b:.2f} | {a / b:.1f}x |")
     return "\n".join(out)
