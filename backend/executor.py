@@ -170,6 +170,9 @@ class OffloadExecutor:
         """Switch to ``plan`` before the next iteration. Returns the layers to be promoted by it."""
         if plan.num_layers != self.L:
             raise ValueError(f"plan has {plan.num_layers} layers, the model {self.L}")
+        if plan.chunks != 1:  # the kernels read a layer's weights as one tensor; pieces are not split here
+            raise ValueError(f"plan {plan.name} streams layers in {plan.chunks} pieces (staging_chunks > 1): the "
+                             "backend stages whole layers only; run it with staging_chunks: 1")
         split = self.w.layout.split_for(plan.fraction)
         host = self.w.host_layers
         pending = set(self._pending_promote)

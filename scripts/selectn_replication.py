@@ -147,7 +147,12 @@ def headline(res: dict[int, dict[str, Any]]) -> dict[str, Any]:
              and r["flexgen-alone"]["attainment"] < 0.99]
     sn_ok = all(ok(r["selectn"]) for r in res.values())
     sn_host = max((r["selectn"]["host_gb"] for r in res.values() if "error" not in r["selectn"]), default=0.0)
+    whole = [r["selectn-whole"]["throughput"] / r["flexgen"]["throughput"] for r in res.values()
+             if "selectn-whole" in r and ok(r["selectn-whole"]) and ok(r["flexgen"])]
     return {"best_ratio": best("selectn") / best("flexgen") if best("flexgen") else float("inf"),
+            "whole_best_ratio": (best("selectn-whole") / best("flexgen") if whole and best("flexgen")
+                                 else float("nan")),
+            "whole_min_ratio": min(whole, default=float("nan")), "whole_max_ratio": max(whole, default=float("nan")),
             "max_batch_ratio": max(per_b, default=float("nan")), "min_batch_ratio": min(per_b, default=float("nan")),
             "host_ratio_max": max(hosts, default=float("nan")), "host_ratio_min": min(hosts, default=float("nan")),
             "deepspeed_miss": max(ds, default=float("nan")), "flexgen_misses_at": fg_miss, "selectn_all_ok": sn_ok,
@@ -180,6 +185,10 @@ def markdown(all_res: dict[str, dict[str, Any]]) -> str:
                      f"per-batch range)", PAPER[f"{key}_throughput"],
                      [f"{fmt_ratio(h['best_ratio'])} ({fmt_ratio(h['min_batch_ratio'])}-{fmt_ratio(h['max_batch_ratio'])})"
                       for h in hs]))
+        if any(h["whole_best_ratio"] == h["whole_best_ratio"] for h in hs):
+            rows.append((f"{label}: same, Select-N staging whole layers (its default; `selectn-whole`)", "-",
+                         [f"{fmt_ratio(h['whole_best_ratio'])} ({fmt_ratio(h['whole_min_ratio'])}-"
+                          f"{fmt_ratio(h['whole_max_ratio'])})" for h in hs]))
         if key == "b":
             rows.append((f"{label}: host memory Select-N / FlexGen (per-batch range)", PAPER["b_host"],
                          [f"{fmt_ratio(h['host_ratio_min'])}-{fmt_ratio(h['host_ratio_max'])}"
@@ -210,13 +219,14 @@ def details(all_res: dict[str, dict[str, Any]]) -> str:
     for gpu, r in all_res.items():
         for key in ("b", "c"):
             lines.append(f"\n{gpu} ({key}) per batch: attainment, tokens/s, host GB")
-            lines.append("| batch | TPOT SLO | Select-N | FlexGen | DeepSpeed |")
-            lines.append("|---|---|---|---|---|")
+            cols = [c for c in ("selectn", "selectn-whole", "flexgen", "flexgen-alone", "deepspeed")
+                    if any(c in x for x in r[key].values())]
+            lines.append("| batch | TPOT SLO | " + " | ".join(cols) + " |")
+            lines.append("|---|---|" + "---|" * len(cols))
             for B, x in r[key].items():
                 cell = lambda m: m.get("error", "")[:30] or \
                     f"{m['attainment']:.0%}, {m['throughput']:.1f}, {m['host_gb']:.1f}"  # noqa: E731
-                lines.append(f"| {B} | {x['tpot_slo']:.3f} s | {cell(x['selectn'])} | {cell(x['flexgen'])} | "
-                             f"{cell(x['deepspeed'])} |")
+                lines.append(f"| {B} | {x['tpot_slo']:.3f} s | " + " | ".join(cell(x[c]) for c in cols) + " |")
     return "\n".join(lines)
 
 

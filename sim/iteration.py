@@ -4,7 +4,9 @@ Rules (DESIGN.md, "The iteration model"): layer l computes from max(end of layer
 weights) for its compute time. Copies run one at a time on the GPU's copy stream in the order of the
 compiled copy list: first promotions (layers becoming resident this iteration), then the plan's copies in
 layer order. A plan copy starts at max(copy stream free, compute stream reaching its issue layer, its
-staging buffer freed by the layer that used it last). KV swap transfers (if any) run on their own stream
+staging buffer freed by the layer that used it last). A plan with ``chunks`` > 1 streams each offloaded layer in
+pieces: piece q of layer l computes (compute / chunks) once it has landed and piece q-1 has computed, and a
+piece's slot is freed by the piece that used it last. KV swap transfers (if any) run on their own stream
 from the iteration start, and layer 0 waits for them. The iteration ends ``fixed_s`` after the last layer.
 
 Two implementations that agree exactly, float for float:
@@ -31,6 +33,8 @@ class CopyTask:
     buffer_dep: int  # must wait for this layer's compute to end (staging buffer reuse); -1: none
     nbytes: float
     promote: bool = False
+    part: int = 0  # which piece of the layer (plans with chunks > 1)
+    dep_part: int = 0  # with chunks > 1: the piece of ``buffer_dep`` whose compute frees the slot
 
 
 def compile_copies(plan: OffloadPlan, layer_bytes: float,
@@ -38,15 +42,18 @@ def compile_copies(plan: OffloadPlan, layer_bytes: float,
     """The copy stream's work for one iteration, in issue order."""
     tasks = [CopyTask(l, 0, -1, layer_bytes, True) for l in sorted(promote)]
     if plan.mode == "prefetch" and plan.offloaded:
-        nb, off = plan.num_buffers, plan.offloaded
-        b = plan.fraction * layer_bytes
-        for k, (l, s) in enumerate(zip(off, plan.issue_at)):
-            tasks.append(CopyTask(l, s, off[k - nb] if k >= nb else -1, b))
+        nb, off, c = plan.num_buffers, plan.offloaded, plan.chunks
+        b = plan.fraction * layer_bytes / c
+        # piece k (over all offloaded layers' pieces, in order) reuses the slot of piece k - nb
+        pieces = [(l, q, s) for l, s in zip(off, plan.issue_at) for q in range(c)]
+        for k, (l, q, s) in enumerate(pieces):
+            dl, dq = pieces[k - nb][:2] if k >= nb else (-1, 0)
+            tasks.append(CopyTask(l, s, dl, b, part=q, dep_part=dq))
     seen = set()
     for t in tasks:
-        if t.layer in seen:
+        if (t.layer, t.part) in seen:
             raise ValueError(f"layer {t.layer} is both promoted and offloaded in one iteration")
-        seen.add(t.layer)
+        seen.add((t.layer, t.part))
     return tuple(tasks)
 
 
@@ -81,8 +88,12 @@ def run_closed_form(t0: float, plan: OffloadPlan, compute_s: float, tasks: tuple
                     swap_ready_s: float | None = None, record: bool = False) -> IterationTiming:
     """Single-pass timing for a private host link. ``swap_ready_s``: when this iteration's KV swaps end."""
     L = plan.num_layers
+    # pieces: id l*C + q; C = 1 (every plan but a chunked one) makes a piece a layer
+    C = plan.chunks
+    chunked = frozenset(plan.offloaded) if C > 1 else frozenset()
     ends: list[float] = []
-    arrive: dict[int, int] = {t.layer: i for i, t in enumerate(tasks)}
+    piece_end: dict[int, float] = {}  # compute end of each piece of a chunked layer
+    arrive: dict[int, int] = {t.layer * C + t.part: i for i, t in enumerate(tasks)}
     copy_end = [0.0] * len(tasks)
     copy_start = [0.0] * len(tasks) if record else None
     nxt = 0
@@ -93,36 +104,43 @@ def run_closed_form(t0: float, plan: OffloadPlan, compute_s: float, tasks: tuple
     uva_rec: list[tuple[int, float, float, float]] = []
     moved = 0.0
     for l in range(L):
-        j = arrive.get(l)
-        if j is not None:
-            while nxt <= j:  # run the copy stream up to this layer's copy, in issue order
-                task = tasks[nxt]
-                s = copy_free
-                trig = t0 if task.trigger == 0 else ends[task.trigger - 1]
-                if trig > s:
-                    s = trig
-                if task.buffer_dep >= 0 and ends[task.buffer_dep] > s:
-                    s = ends[task.buffer_dep]
-                copy_free = (s + latency_s) + task.nbytes / h2d_rate
-                copy_end[nxt] = copy_free
-                if copy_start is not None:
-                    copy_start[nxt] = s
-                moved += task.nbytes
-                nxt += 1
-            if copy_end[j] > t:
-                t = copy_end[j]
-        if record:
-            starts.append(t)
-        b = uva.get(l)
-        if b is not None:
-            end = t + compute_s
-            read_end = (t + latency_s) + b / h2d_rate
-            if record:
-                uva_rec.append((l, t, read_end, b))
-            moved += b
-            t = read_end if read_end > end else end
-        else:
-            t = t + compute_s
+        n = C if l in chunked else 1
+        step = compute_s if n == 1 else compute_s / n
+        for q in range(n):
+            j = arrive.get(l * C + q)
+            if j is not None:
+                while nxt <= j:  # run the copy stream up to this piece's copy, in issue order
+                    task = tasks[nxt]
+                    s = copy_free
+                    trig = t0 if task.trigger == 0 else ends[task.trigger - 1]
+                    if trig > s:
+                        s = trig
+                    if task.buffer_dep >= 0:
+                        free = piece_end[task.buffer_dep * C + task.dep_part] if chunked else ends[task.buffer_dep]
+                        if free > s:
+                            s = free
+                    copy_free = (s + latency_s) + task.nbytes / h2d_rate
+                    copy_end[nxt] = copy_free
+                    if copy_start is not None:
+                        copy_start[nxt] = s
+                    moved += task.nbytes
+                    nxt += 1
+                if copy_end[j] > t:
+                    t = copy_end[j]
+            if record and q == 0:
+                starts.append(t)
+            b = uva.get(l)
+            if b is not None:
+                end = t + compute_s
+                read_end = (t + latency_s) + b / h2d_rate
+                if record:
+                    uva_rec.append((l, t, read_end, b))
+                moved += b
+                t = read_end if read_end > end else end
+            else:
+                t = t + step
+            if n > 1:
+                piece_end[l * C + q] = t
         ends.append(t)
     timing = IterationTiming(t0, t + fixed_s, t, moved)
     if nxt:
@@ -150,8 +168,11 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
     ``swaps`` are (direction ``"h2d"``/``"d2h"``, bytes) KV transfers issued at the iteration start."""
     t0 = env.now
     L = plan.num_layers
+    C = plan.chunks
+    chunked = frozenset(plan.offloaded) if C > 1 else frozenset()
     done = [env.event() for _ in range(L)]
-    arrival: dict[int, simpy.Event] = {t.layer: env.event() for t in tasks}
+    piece_done = {l * C + q: env.event() for l in chunked for q in range(C)}
+    arrival: dict[int, simpy.Event] = {t.layer * C + t.part: env.event() for t in tasks}
     timing = IterationTiming(t0, t0, t0)
     h2d = fabric.h2d_route(gpu)
     uva = _uva_bytes(plan, layer_bytes)
@@ -160,8 +181,10 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
         for task in tasks:
             if task.trigger > 0 and not done[task.trigger - 1].triggered:
                 yield done[task.trigger - 1]
-            if task.buffer_dep >= 0 and not done[task.buffer_dep].triggered:
-                yield done[task.buffer_dep]
+            if task.buffer_dep >= 0:
+                free = piece_done[task.buffer_dep * C + task.dep_part] if chunked else done[task.buffer_dep]
+                if not free.triggered:
+                    yield free
             s = env.now
             if timing.copy_first_s < 0:
                 timing.copy_first_s = s
@@ -170,7 +193,7 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
             timing.copy_bytes += task.nbytes
             if record:
                 timing.copies.append((task.layer, s, env.now, task.nbytes))
-            arrival[task.layer].succeed()
+            arrival[task.layer * C + task.part].succeed()
 
     if tasks:
         env.process(copy_stream())
@@ -179,24 +202,28 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
     if swap_events:
         yield simpy.AllOf(env, swap_events)
     for l in range(L):
-        ev = arrival.get(l)
-        if ev is not None and not ev.processed:
-            yield ev
-        if record:
-            timing.layer_start_s.append(env.now)
-        b = uva.get(l)
-        if b is not None:
-            s = env.now
-            read = fabric.transfer(h2d, b, latency_s, tag="uva")
-            yield simpy.AllOf(env, [env.timeout(compute_s), read])
-            timing.copy_bytes += b
-            if timing.copy_first_s < 0:
-                timing.copy_first_s = s
-            timing.copy_last_s = env.now
-            if record:
-                timing.uva.append((l, s, read.value, b))  # type: ignore[arg-type]
-        else:
-            yield env.timeout(compute_s)
+        n = C if l in chunked else 1
+        for q in range(n):
+            ev = arrival.get(l * C + q)
+            if ev is not None and not ev.processed:
+                yield ev
+            if record and q == 0:
+                timing.layer_start_s.append(env.now)
+            b = uva.get(l)
+            if b is not None:
+                s = env.now
+                read = fabric.transfer(h2d, b, latency_s, tag="uva")
+                yield simpy.AllOf(env, [env.timeout(compute_s), read])
+                timing.copy_bytes += b
+                if timing.copy_first_s < 0:
+                    timing.copy_first_s = s
+                timing.copy_last_s = env.now
+                if record:
+                    timing.uva.append((l, s, read.value, b))  # type: ignore[arg-type]
+            else:
+                yield env.timeout(compute_s if n == 1 else compute_s / n)
+            if n > 1:
+                piece_done[l * C + q].succeed()
         if record:
             timing.layer_end_s.append(env.now)
         done[l].succeed()

@@ -7,6 +7,9 @@ the iteration). A copy also waits for the copy stream (copies run one after anot
 staging buffer, which is free once the layer that used it last has finished. Buffers are used round-robin.
 
 ``fraction`` < 1 offloads only that share of each offloaded layer's bytes (FlexGen's per-layer split).
+``chunks`` > 1 streams each offloaded layer in that many equal pieces, each into a staging slot of one
+piece (``num_buffers`` slots, round-robin over the pieces); the layer computes piece by piece as they land,
+so the staging memory is ``num_buffers / chunks`` of a layer instead of whole layers.
 ``mode="uva"`` is vLLM's ``--cpu-offload-gb``: no staging buffers, no prefetch; the kernel reads the
 offloaded bytes over the host link while it computes, so the layer takes max(compute, bytes / link).
 """
@@ -33,6 +36,7 @@ class OffloadPlan:
     fraction: float = 1.0
     mode: Literal["prefetch", "uva"] = "prefetch"
     name: str = "resident"
+    chunks: int = 1  # pieces each offloaded layer is streamed in (staging slots hold one piece each)
 
     def __post_init__(self) -> None:
         L = self.num_layers
@@ -46,6 +50,8 @@ class OffloadPlan:
             raise PlanError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.mode not in ("prefetch", "uva"):
             raise PlanError(f"mode must be 'prefetch' or 'uva', got {self.mode!r}")
+        if self.chunks < 1 or (self.mode == "uva" and self.chunks != 1):
+            raise PlanError(f"chunks must be >= 1 (1 for mode 'uva'), got {self.chunks}")
         if self.mode == "prefetch":
             if len(self.issue_at) != len(self.offloaded):
                 raise PlanError("issue_at needs one entry per offloaded layer")
@@ -64,17 +70,24 @@ class OffloadPlan:
         return cls(num_layers, name="resident")
 
     @classmethod
-    def select_n(cls, num_layers: int, interval: int) -> "OffloadPlan":
+    def select_n(cls, num_layers: int, interval: int, chunks: int = 1, slots: int = 2) -> "OffloadPlan":
         """Select-N with offloading interval ``interval``: layers form groups of ``interval``; the last layer
         of each full group lives in host memory and its copy starts when the group's first layer starts, so
-        ``interval - 1`` layers of compute hide it. A trailing partial group stays resident."""
+        ``interval - 1`` layers of compute hide it. A trailing partial group stays resident.
+
+        ``chunks`` = 1: one staging buffer of a whole layer (group g's copy is issued when group g-1's
+        offloaded layer has finished). ``chunks`` > 1: the layer is streamed in ``chunks`` pieces through
+        ``slots`` slots of one piece (``slots`` / ``chunks`` of a layer): only the first ``slots`` pieces can
+        land ahead of the layer, the rest stream while its earlier pieces compute."""
         if not 1 <= interval <= num_layers:
             raise PlanError(f"interval must be in [1, {num_layers}], got {interval}")
+        if chunks > 1 and not 1 <= slots <= chunks:
+            raise PlanError(f"slots must be in [1, chunks={chunks}], got {slots}")
         groups = num_layers // interval
         off = tuple(g * interval + interval - 1 for g in range(groups))
         issue = tuple(g * interval for g in range(groups))
-        # One buffer suffices: group g's copy is issued when group g-1's offloaded layer has finished.
-        return cls(num_layers, off, issue, num_buffers=1, name=f"select-n(i={interval})")
+        return cls(num_layers, off, issue, num_buffers=1 if chunks == 1 else slots, name=f"select-n(i={interval})",
+                   chunks=chunks)
 
     @classmethod
     def deepspeed(cls, num_layers: int) -> "OffloadPlan":
@@ -154,7 +167,7 @@ class OffloadPlan:
     def staging_bytes(self, model: ModelSpec) -> float:
         if self.mode == "uva":
             return 0.0
-        return self.num_buffers * self.fraction * model.weight_bytes_per_layer
+        return self.num_buffers * self.fraction * model.weight_bytes_per_layer / self.chunks
 
     def copy_bytes_per_iteration(self, model: ModelSpec) -> float:
         """Bytes that cross the host link per iteration (every offloaded byte, once)."""
@@ -164,7 +177,8 @@ class OffloadPlan:
         if not self.offloaded:
             return "all layers resident"
         frac = "" if self.fraction == 1 else f" ({self.fraction:.0%} of each)"
-        return f"{self.name}: {self.num_offloaded}/{self.num_layers} layers offloaded{frac}"
+        staged = "" if self.chunks == 1 else f", streamed in {self.chunks} pieces through {self.num_buffers} slots"
+        return f"{self.name}: {self.num_offloaded}/{self.num_layers} layers offloaded{frac}{staged}"
 
 
 if __name__ == "__main__":  # ``python -m sim.plan PLAN.yaml``: the capacity planner (sim.planner)

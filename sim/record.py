@@ -16,6 +16,9 @@ over-estimates because batching is sub-additive), and the executor's time is non
 layer and the fixed time. Times and memory grow with batch size and sequence length (a measured record is
 made monotone with a running maximum), so rounding up never promises what the shape cannot do.
 
+The staging of an offloaded layer (whole, or ``staging_chunks`` pieces through ``staging_slots`` slots) is
+a property of the record (``meta``): its plans, times and pools are for that staging.
+
 Sources: a `CostModel` (`PerformanceRecord.build`) or the backend profiler's ``layer_times.csv`` and
 ``copy_bandwidth.csv`` (`PerformanceRecord.from_measurements`, see `sim.record_measured`). Saved as JSON
 (`save` / `load`); ``python -m sim.record SCENARIO.yaml`` builds and prints one.
@@ -50,11 +53,12 @@ DEFAULT_SEQS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536
 DEFAULT_SLO_LEVELS = (1.1, 1.25, 1.5, 2.0, 3.0)
 
 
-def plan_for_interval(num_layers: int, interval: int) -> OffloadPlan:
-    """Select-N's plan; ``interval`` > L (no complete group) means nothing is offloaded."""
+def plan_for_interval(num_layers: int, interval: int, chunks: int = 1, slots: int = 2) -> OffloadPlan:
+    """Select-N's plan; ``interval`` > L (no complete group) means nothing is offloaded. ``chunks`` and
+    ``slots``: how an offloaded layer is staged (`OffloadPlan.select_n`)."""
     if interval > num_layers:
         return OffloadPlan.resident(num_layers)
-    return OffloadPlan.select_n(num_layers, interval)
+    return OffloadPlan.select_n(num_layers, interval, chunks, slots)
 
 
 def efficient_intervals(num_layers: int, min_interval: int = 1) -> tuple[int, ...]:
@@ -98,13 +102,15 @@ class PerformanceRecord:
         self.slo_levels = tuple(float(x) for x in meta["slo_levels"])
         L = self.num_layers
         self.intervals = tuple(range(1, L + 2))
-        self.plans = tuple(plan_for_interval(L, i) for i in self.intervals)
+        # staging of an offloaded layer: whole (chunks 1) or in pieces through slots (older files: whole)
+        self.chunks, self.slots = int(meta.get("staging_chunks", 1)), int(meta.get("staging_slots", 2))
+        self.plans = tuple(plan_for_interval(L, i, self.chunks, self.slots) for i in self.intervals)
         self._tasks = tuple(compile_copies(p, self.layer_bytes) for p in self.plans)
         lb = self.layer_bytes
         self.host_bytes = np.array([p.num_offloaded * lb for p in self.plans])
         self.pcie_bytes = self.host_bytes.copy()  # every offloaded byte crosses the link once per iteration
         self.gpu_weight_bytes = np.array([meta["non_layer_bytes"] + (L - p.num_offloaded) * lb
-                                          + p.num_buffers * lb for p in self.plans])
+                                          + p.num_buffers * lb / p.chunks for p in self.plans])
         self.cost: CostModel | None = None  # the cost model it was built from (not saved), for extrapolation
         self._times_cache: dict[tuple[float, float, int], np.ndarray] = {}
 
@@ -113,7 +119,7 @@ class PerformanceRecord:
     def build(cls, model: ModelSpec, hw: HardwareSpec, cost: CostModel, engine: EngineConfig | None = None,
               batch_sizes: Sequence[int] = DEFAULT_BATCHES, seq_lens: Sequence[int] = DEFAULT_SEQS,
               slo_levels: Sequence[float] = DEFAULT_SLO_LEVELS, decode_seq_lens: Sequence[int] | None = None,
-              source: str | None = None) -> "PerformanceRecord":
+              source: str | None = None, staging_chunks: int = 1, staging_slots: int = 2) -> "PerformanceRecord":
         """From a cost model: every grid point timed by the iteration executor."""
         engine = engine or EngineConfig()
         seqs = tuple(sorted(set(int(s) for s in seq_lens)))
@@ -130,7 +136,7 @@ class PerformanceRecord:
         params = cost.params() if hasattr(cost, "params") else {}
         src = source or f"cost model {type(cost).__name__} {params}"
         rec = cls._assemble(model, hw, engine, {"prefill": (batches, seqs), "decode": (batches, dseqs)}, times,
-                            hw.h2d_bytes_per_s, hw.link_latency_s, slo_levels, src)
+                            hw.h2d_bytes_per_s, hw.link_latency_s, slo_levels, src, staging_chunks, staging_slots)
         rec.cost = cost
         return rec
 
@@ -138,20 +144,23 @@ class PerformanceRecord:
     def from_measurements(cls, model: ModelSpec, hw: HardwareSpec, layer_times_csv: str | Path,
                           copy_bandwidth_csv: str | Path | None = None, engine: EngineConfig | None = None,
                           fixed_cost: CostModel | None = None,
-                          slo_levels: Sequence[float] = DEFAULT_SLO_LEVELS) -> "PerformanceRecord":
+                          slo_levels: Sequence[float] = DEFAULT_SLO_LEVELS, staging_chunks: int = 1,
+                          staging_slots: int = 2) -> "PerformanceRecord":
         """From the backend profiler's CSVs (see `sim.record_measured` for the format)."""
         from .record_measured import measured_inputs
 
         engine = engine or EngineConfig()
         grid, times, rate, latency, prov = measured_inputs(model, hw, layer_times_csv, copy_bandwidth_csv,
                                                            fixed_cost)
-        return cls._assemble(model, hw, engine, grid, times, rate, latency, slo_levels, f"measured: {prov}")
+        return cls._assemble(model, hw, engine, grid, times, rate, latency, slo_levels, f"measured: {prov}",
+                             staging_chunks, staging_slots)
 
     @classmethod
     def _assemble(cls, model: ModelSpec, hw: HardwareSpec, engine: EngineConfig,
                   grid: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
                   times: dict[tuple[str, int, int], tuple[float, float]], h2d_rate: float, latency_s: float,
-                  slo_levels: Sequence[float], source: str) -> "PerformanceRecord":
+                  slo_levels: Sequence[float], source: str, staging_chunks: int = 1,
+                  staging_slots: int = 2) -> "PerformanceRecord":
         # bandwidth share m: m GPUs of one bus copy at once (processor sharing gives each at least this)
         rates = [min(h2d_rate, hw.bus_bytes_per_s / m) for m in range(1, hw.gpus_per_bus + 1)]
         meta = {
@@ -163,6 +172,7 @@ class PerformanceRecord:
             "block_bytes": float(engine.block_size * model.kv_bytes_per_token),
             "link_rates_bytes_per_s": rates, "link_latency_s": latency_s,
             "slo_levels": [float(x) for x in slo_levels],
+            "staging_chunks": int(staging_chunks), "staging_slots": int(staging_slots),
         }
         rec = cls(meta, grid, {})
         for (phase, b, s), (layer_s, fixed_s) in sorted(times.items()):
@@ -318,8 +328,9 @@ class PerformanceRecord:
 
     def describe(self) -> str:
         m = self.meta
+        staged = "whole layers" if self.chunks == 1 else f"{self.chunks} pieces through {self.slots} slots"
         return (f"performance record: {m['model']} on {m['hardware']}, intervals 1..{self.num_layers} "
-                f"(+{self.num_layers + 1} = nothing offloaded), {len(self.entries)} grid points, "
+                f"(+{self.num_layers + 1} = nothing offloaded), staged in {staged}, {len(self.entries)} grid points, "
                 f"link {self.rates[0] / 1e9:.1f} GB/s ({len(self.rates)} shares), source: {m['source']}")
 
 
@@ -334,14 +345,17 @@ _CACHE: dict[tuple, PerformanceRecord] = {}
 
 def record_for(model: ModelSpec, hw: HardwareSpec, cost: CostModel, engine: EngineConfig,
                batch_sizes: Sequence[int] = DEFAULT_BATCHES, seq_lens: Sequence[int] = DEFAULT_SEQS,
-               slo_levels: Sequence[float] = DEFAULT_SLO_LEVELS) -> PerformanceRecord:
+               slo_levels: Sequence[float] = DEFAULT_SLO_LEVELS, staging_chunks: int = 1,
+               staging_slots: int = 2) -> PerformanceRecord:
     """A record built from the cost model, memoised per process (policies of every run share it)."""
-    key = (model, hw, _cost_key(cost), engine, tuple(batch_sizes), tuple(seq_lens), tuple(slo_levels))
+    key = (model, hw, _cost_key(cost), engine, tuple(batch_sizes), tuple(seq_lens), tuple(slo_levels),
+           staging_chunks, staging_slots)
     rec = _CACHE.get(key)
     if rec is None:
         if len(_CACHE) > 32:
             _CACHE.clear()
-        rec = _CACHE[key] = PerformanceRecord.build(model, hw, cost, engine, batch_sizes, seq_lens, slo_levels)
+        rec = _CACHE[key] = PerformanceRecord.build(model, hw, cost, engine, batch_sizes, seq_lens, slo_levels,
+                                                    staging_chunks=staging_chunks, staging_slots=staging_slots)
     return rec
 
 

@@ -4,6 +4,9 @@ hardware, print i_min/i_max per grid point, and save it.
     python -m sim.record scenarios/selectn_a_decode.yaml                      # from the scenario's cost model
     python -m sim.record S.yaml --layer-times DIR/layer_times.csv --copy-bandwidth DIR/copy_bandwidth.csv
     python -m sim.record S.yaml --out record.json --slo-x 2.0 --slo-levels 1.25,1.5,2,3
+
+The staging of an offloaded layer (`staging_chunks`, `staging_slots`) is the first ``selectn`` entry's of the
+scenario's ``compare`` list (whole layers if it has none).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.slo_x not in levels:
         levels = tuple(sorted(set(levels) | {args.slo_x}))
     models = sc.gpu_models or [sc.model]
+    sn = next((c.params for c in sc.sc.compare if c.policy == "selectn"), {})
+    staging = {"staging_chunks": int(sn.get("staging_chunks", 1)), "staging_slots": int(sn.get("staging_slots", 2))}
     seen = set()
     for model in models:
         if model.name in seen:
@@ -67,19 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.layer_times:
                 rec = PerformanceRecord.from_measurements(model, sc.hardware, args.layer_times, args.copy_bandwidth,
-                                                          sc.engine, slo_levels=levels)
+                                                          sc.engine, slo_levels=levels, **staging)
             else:
                 cost = sc.cost if model is sc.model else None
                 if cost is None:
                     from .cost import RooflineCostModel
                     cost = RooflineCostModel(model, sc.hardware)
-                rec = PerformanceRecord.build(model, sc.hardware, cost, sc.engine, slo_levels=levels)
+                rec = PerformanceRecord.build(model, sc.hardware, cost, sc.engine, slo_levels=levels, **staging)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         out = Path(args.out) if args.out and len(models) == 1 else Path(
             f"record-{model.name}-{sc.hardware.name}.json" if not args.out else
-            f"{Path(args.out).stem}-{model.name}{Path(args.out).suffix or '.json'}")
+            Path(args.out).with_name(f"{Path(args.out).stem}-{model.name}{Path(args.out).suffix or '.json'}"))
         rec.save(out)
         print(rec.describe())
         print(f"i_min-i_max at SLO = {args.slo_x}x the no-offload time of each point "

@@ -109,6 +109,15 @@ def test_promotion_cancelled_by_a_second_plan_change(weights):
                                                         (1, "copy"), (3, "copy")]
 
 
+def test_a_plan_staged_in_pieces_is_refused_and_the_plan_kept(weights):
+    """The backend stages whole layers; a simulated-only plan (layers in pieces) is refused with a reason,
+    and the executor keeps running its current plan."""
+    ex = OffloadExecutor(weights, OffloadPlan.select_n(L, 2))
+    with pytest.raises(ValueError, match="streams layers in 4 pieces.*staging_chunks: 1"):
+        ex.set_plan(OffloadPlan.select_n(L, 2, chunks=4, slots=2))
+    assert ex.plan == OffloadPlan.select_n(L, 2)
+
+
 def test_staging_pool_grows_only_when_needed(weights):
     ex = OffloadExecutor(weights, OffloadPlan.select_n(L, 2))
     assert len(ex._staging) == 1

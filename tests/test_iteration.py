@@ -44,6 +44,24 @@ def test_select_n_four_layers_by_hand():
         assert tm.end_s == 5.5 and tm.copy_bytes == 6.0
 
 
+def test_select_n_in_pieces_by_hand():
+    """L=2, i=2: layer 1 offloaded, 2 bytes at 1 B/s, compute 1 s/layer, no latency.
+    Whole layer (1 buffer): copy 0-2, L0 0-1, L1 waits: 2-3.
+    2 pieces, 2 slots (the same memory): pieces 0-1 and 1-2; L1's first half computes 1-1.5 as soon as
+    it lands, its second 2-2.5: the layer starts before it has fully arrived.
+    2 pieces, 1 slot (half the memory): piece 2 must wait for piece 1's compute (1-1.5): 1.5-2.5; 2.5-3."""
+    for (chunks, slots), copies, start, end in (((1, 2), [(1, 0.0, 2.0)], 2.0, 3.0),
+                                                ((2, 2), [(1, 0.0, 1.0), (1, 1.0, 2.0)], 1.0, 2.5),
+                                                ((2, 1), [(1, 0.0, 1.0), (1, 1.5, 2.5)], 1.0, 3.0)):
+        plan = OffloadPlan.select_n(2, 2, chunks, slots)
+        tasks = compile_copies(plan, 2.0)
+        for tm in (run_closed_form(0.0, plan, 1.0, tasks, 1.0, 0.0, 0.0, record=True),
+                   events(plan, 1.0, tasks, 1.0, 0.0, 0.0)):
+            assert [(l, s, e) for l, s, e, _ in tm.copies] == copies
+            assert tm.layer_start_s == [0.0, start] and tm.layer_end_s == [1.0, end]
+            assert tm.end_s == end and tm.copy_bytes == 2.0
+
+
 def test_select_n_copy_hidden_when_group_compute_is_longer():
     """i=4 with a copy shorter than 3 layers of compute: the iteration equals the resident one."""
     plan = OffloadPlan.select_n(8, 4)
@@ -98,6 +116,8 @@ def test_swaps_delay_the_first_layer_in_both_forms():
 
 plans = st.one_of(
     st.builds(lambda L, i: OffloadPlan.select_n(L, min(i, L)), st.integers(1, 12), st.integers(1, 12)),
+    st.builds(lambda L, i, c, k: OffloadPlan.select_n(L, min(i, L), c, min(k, c)), st.integers(1, 12),
+              st.integers(1, 12), st.integers(2, 8), st.integers(1, 8)),
     st.builds(OffloadPlan.deepspeed, st.integers(1, 12)),
     st.builds(lambda L, f: OffloadPlan.layerwise(L, f), st.integers(1, 12), st.floats(0.05, 1.0)),
     st.builds(lambda L, n, k, s: OffloadPlan.prefetch_groups(L, min(n, L), min(k, min(n, L)), s),
@@ -127,5 +147,9 @@ def test_closed_form_equals_event_level(plan, compute, nbytes, rate, lat, fixed,
     # and the laws: time never goes backwards; no layer starts before its weights arrive
     assert all(s <= e for s, e in zip(cf.layer_start_s, cf.layer_end_s))
     assert all(a <= b for a, b in zip(cf.layer_end_s, cf.layer_start_s[1:]))
-    arrival = {l: e for l, _, e, _ in cf.copies}
-    assert all(cf.layer_start_s[l] >= t for l, t in arrival.items())
+    first, last = {}, {}  # a layer streamed in pieces starts on its first piece and ends after its last
+    for l, _, e, _ in cf.copies:
+        first.setdefault(l, e)
+        last[l] = e
+    assert all(cf.layer_start_s[l] >= t for l, t in first.items())
+    assert all(cf.layer_end_s[l] >= t + compute / plan.chunks * (1 - 1e-9) for l, t in last.items())

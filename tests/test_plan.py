@@ -18,6 +18,20 @@ def test_select_n_layout():
         OffloadPlan.select_n(4, 5)
 
 
+def test_select_n_in_pieces_stages_slots_over_chunks_of_a_layer():
+    m = tiny_model(layers=8)
+    p = OffloadPlan.select_n(8, 4, chunks=8, slots=2)
+    assert p.offloaded == (3, 7) and p.issue_at == (0, 4) and p.interval == 4
+    assert p.staging_bytes(m) == 2 / 8 * m.weight_bytes_per_layer  # two slots of one eighth
+    assert p.host_bytes(m) == OffloadPlan.select_n(8, 4).host_bytes(m)  # same bytes offloaded
+    assert OffloadPlan.select_n(8, 4).staging_bytes(m) == m.weight_bytes_per_layer
+    assert "8 pieces through 2 slots" in p.describe()
+    with pytest.raises(PlanError, match=r"slots must be in \[1, chunks=4\]"):
+        OffloadPlan.select_n(8, 4, chunks=4, slots=5)
+    with pytest.raises(PlanError, match="chunks must be >= 1"):
+        OffloadPlan.uva(8, (0,), 1.0).__class__(8, (0,), (), 0, 1.0, "uva", chunks=2)
+
+
 def test_baseline_plans():
     d = OffloadPlan.deepspeed(4)
     assert d.offloaded == (0, 1, 2, 3) and d.issue_at == (0, 0, 1, 2) and d.num_buffers == 2

@@ -69,6 +69,14 @@ def test_save_and_load_round_trip(tmp_path):
         f = back.entries[key]
         assert np.array_equal(e.iteration_s, f.iteration_s) and (e.i_min, e.i_max) == (f.i_min, f.i_max)
     assert back.to_frame().shape == rec.to_frame().shape
+    hw = tiny_hw(550_000, h2d_bytes_per_s=LAYER / 2e-3, bus_bytes_per_s=LAYER / 2e-3)
+    rec8 = PerformanceRecord.build(tiny_model(), hw, ConstCost(1e-3, 0.5e-3), ENGINE, batch_sizes=(1, 4),
+                                   seq_lens=(16, 32), slo_levels=(1.0, 1.5, 3.0), staging_chunks=4, staging_slots=2)
+    back8 = PerformanceRecord.load(rec8.save(tmp_path / "r8.json"))
+    assert (back8.chunks, back8.slots) == (4, 2) and back8.plans[0].chunks == 4
+    # half a layer of staging instead of one: half a layer more for KV at every interval that offloads
+    more = back8.pool_bytes() - back.pool_bytes()
+    assert np.allclose(more[:-1], 0.5 * rec.layer_bytes) and more[-1] == 0
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a memslo-selectn-record"):
         PerformanceRecord.load(tmp_path / "bad.json")
@@ -86,6 +94,7 @@ COST = RooflineCostModel(OPT, A10)
 SMALL = dict(batch_sizes=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32), seq_lens=(16, 24, 32, 48, 64, 96, 128, 192, 256, 384,
                                                                         512, 768, 1024))
 REC = PerformanceRecord.build(OPT, A10, COST, EngineConfig(), **SMALL)
+REC8 = PerformanceRecord.build(OPT, A10, COST, EngineConfig(), **SMALL, staging_chunks=8, staging_slots=2)
 
 
 def test_times_grow_with_batch_and_sequence():
@@ -100,10 +109,10 @@ def test_times_grow_with_batch_and_sequence():
     assert (REC.times(1.1e-3, 2e-3) >= base).all() and (REC.times(1e-3, 3e-3) >= base).all()
 
 
-def _event_time(shape: BatchShape, interval: int, contend: bool = False) -> float:
+def _event_time(shape: BatchShape, interval: int, contend: bool = False, chunks: int = 1) -> float:
     env = simpy.Environment()
     fab = Fabric.for_gpus(env, A10, 2)
-    plan = plan_for_interval(OPT.num_layers, interval)
+    plan = plan_for_interval(OPT.num_layers, interval, chunks, 2)
     lb = OPT.weight_bytes_per_layer
     if contend:  # the other GPU of the bus streams all the time
         fab.transfer(fab.h2d_route(1), 1e12)
@@ -118,20 +127,22 @@ decodes = st.lists(st.integers(1, 900), max_size=24)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pre=chunks, dec=decodes, contend=st.booleans())
-def test_record_never_promises_what_the_event_simulation_misses(pre, dec, contend):
+@given(pre=chunks, dec=decodes, contend=st.booleans(), pieces=st.sampled_from([1, 8]))
+def test_record_never_promises_what_the_event_simulation_misses(pre, dec, contend, pieces):
     """For any batch shape on the grid (prefill chunks with earlier context, decodes of any length, mixed),
     the record's time at every interval is at least what the event-level executor gives -- on a private
-    link at share 1, and with the other GPU of the bus streaming at share 2."""
+    link at share 1, and with the other GPU of the bus streaming at share 2; layers staged whole or in
+    8 pieces through 2 slots."""
     if not pre and not dec:
         dec = [1]
     shape = BatchShape.build(prefill=pre, decode=dec)
-    pred = REC.predict(shape, share=1 if contend else 0)
+    rec = REC if pieces == 1 else REC8
+    pred = rec.predict(shape, share=1 if contend else 0)
     assert pred is not None
-    b = REC.bound(shape)
+    b = rec.bound(shape)
     assert b[0] >= COST.layer_time(shape) * (1 - 1e-12) and b[1] >= COST.fixed_time(shape) * (1 - 1e-12)
     for i in (1, 2, 3, 5, 8, 16, 33):
-        assert _event_time(shape, i, contend) <= pred[i - 1] * (1 + 1e-9)
+        assert _event_time(shape, i, contend, pieces) <= pred[i - 1] * (1 + 1e-9)
 
 
 def test_measured_record_from_the_profiler_csv():
@@ -159,3 +170,16 @@ def test_record_cli_builds_prints_and_saves(tmp_path, capsys):
     assert "opt-6.7b on a10" in out and "prefill seq" in out and "decode seq" in out
     rec = PerformanceRecord.load(tmp_path / "r.json")
     assert rec.lookup("prefill", 16, 64).i_min[1.5] == 3 and rec.lookup("decode", 128, 96).i_min[1.5] == 8
+
+
+def test_record_cli_takes_the_scenarios_staging_and_one_file_per_model(tmp_path, capsys):
+    """(c) runs two models and stages Select-N's layers in 8 pieces: two records, beside --out, in pieces."""
+    from sim.record_cli import main
+
+    from .helpers import REPO
+
+    assert main([str(REPO / "scenarios" / "selectn_c_contention.yaml"), "--out", str(tmp_path / "r.json")]) == 0
+    assert "staged in 8 pieces through 2 slots" in capsys.readouterr().out
+    for m in ("opt-13b", "llama-2-13b"):
+        rec = PerformanceRecord.load(tmp_path / f"r-{m}.json")
+        assert (rec.chunks, rec.slots, rec.meta["model"]) == (8, 2, m)

@@ -166,14 +166,16 @@ arrivals = st.lists(st.tuples(st.floats(0, 0.05), st.integers(1, 100), st.intege
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(reqs=arrivals, gpu_kb=st.floats(560, 900), preemption=st.sampled_from(["recompute", "swap"]),
-       ttft=st.floats(0.002, 0.2), tpot=st.floats(0.004, 0.05), gpus=st.sampled_from([1, 2]))
-def test_selectn_engine_invariants(reqs, gpu_kb, preemption, ttft, tpot, gpus):
+       ttft=st.floats(0.002, 0.2), tpot=st.floats(0.004, 0.05), gpus=st.sampled_from([1, 2]),
+       pieces=st.sampled_from([1, 4]))
+def test_selectn_engine_invariants(reqs, gpu_kb, preemption, ttft, tpot, gpus, pieces):
     """Whatever the load and SLOs: memory within capacity every iteration, every request ends finished or
     rejected (never lost, never stuck behind a deferral), time moves forward -- on one GPU or two sharing a
-    bus (coordinator on)."""
+    bus (coordinator on), layers staged whole or in pieces."""
     cfg = EngineConfig(max_num_batched_tokens=128, max_num_seqs=8, preemption=preemption, swap_space_gib=1e-4)
     hw = tiny_hw(gpu_kb * 1e3, h2d_bytes_per_s=82_176 / 2e-3, bus_bytes_per_s=82_176 / 2e-3, gpus_per_bus=2)
-    dep = Deployment(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=2), cfg, num_gpus=gpus)
+    dep = Deployment(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=2, staging_chunks=pieces),
+                     cfg, num_gpus=gpus)
     for inst in dep.instances:
         inst.debug_checks = True
     rs = [Request(i, t, p, o, ttft, tpot) for i, (t, p, o) in enumerate(sorted(reqs))]
@@ -243,3 +245,18 @@ def test_a_long_ttft_budget_does_not_buy_a_prefill_plan_the_decode_plan_would_co
     assert log[0][4] == pytest.approx(6.5e-3) and log[1][4] == pytest.approx(6.5e-3)
     assert all(i == 2 for _, k, i, _, _ in log if k == "prefill")
     assert all(r.meets_slo() for r in rs)
+
+
+def test_staging_in_pieces_is_checked_against_the_record(tmp_path):
+    """A saved record stages layers one way; a policy asking for another is refused, naming both."""
+    from sim.record import PerformanceRecord
+
+    cfg = EngineConfig(max_num_batched_tokens=64, max_num_seqs=4)
+    rec = PerformanceRecord.build(tiny_model(), tiny_hw(1e7), ConstCost(), cfg, batch_sizes=(1, 4), seq_lens=(16, 32))
+    path = rec.save(tmp_path / "whole.json")
+    ctx = InstanceContext(tiny_model(), tiny_hw(1e7), ConstCost(), cfg, 0, (0,), {})
+    make_policy("selectn", record=str(path)).setup(ctx)  # the same staging: fine
+    with pytest.raises(ValueError, match="stages layers in 1 piece.*staging_chunks=4"):
+        make_policy("selectn", record=str(path), staging_chunks=4).setup(ctx)
+    with pytest.raises(ValueError, match=r"staging_slots in \[1, staging_chunks\]"):
+        make_policy("selectn", staging_chunks=2, staging_slots=3)

@@ -19,6 +19,10 @@ Each iteration the controller
    ``hysteresis`` iterations; moving to a larger one when needed to meet the SLO happens at once. Prefill
    iterations and decode-only iterations keep separate intervals.
 
+Staging: an offloaded layer lands in one whole-layer buffer (the paper's) or, with ``staging_chunks`` > 1, in
+pieces through ``staging_slots`` one-piece slots (`OffloadPlan.select_n`); the record is built for that
+staging, so its times, pools and i_max already include it.
+
 Admission: a request is admitted only if the fastest plan that holds the KV of the batch it would join
 meets its TTFT and TPOT; if it would meet them alone it waits (`DEFER`), otherwise it is rejected with the
 SLO and the predicted time in the reason -- it is never admitted to be served late. Output lengths are
@@ -55,9 +59,15 @@ class SelectN(OffloadPolicy):
 
     def __init__(self, hysteresis: int = 3, min_interval: int = 1, record: str | None = None,
                  coordinate: bool = True, admission: bool = True, separate_phases: bool = True,
-                 log_limit: int = 10_000) -> None:
+                 log_limit: int = 10_000, staging_chunks: int = 1, staging_slots: int = 2) -> None:
+        """``staging_chunks`` > 1 streams each offloaded layer in that many pieces through ``staging_slots``
+        slots of one piece (`OffloadPlan.select_n`): less staging memory (more KV), less copy hidden."""
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1, got {hysteresis}")
+        if staging_chunks < 1 or (staging_chunks > 1 and not 1 <= staging_slots <= staging_chunks):
+            raise ValueError(f"staging_chunks must be >= 1 and staging_slots in [1, staging_chunks], got "
+                             f"{staging_chunks} and {staging_slots}")
+        self.staging_chunks, self.staging_slots = staging_chunks, staging_slots
         self.hysteresis = hysteresis
         self.min_interval = min_interval
         self.record_path = record
@@ -74,8 +84,12 @@ class SelectN(OffloadPolicy):
             rec = PerformanceRecord.load(self.record_path)
             if rec.num_layers != L or rec.meta["model"] != m.name:
                 raise ValueError(f"selectn: record {self.record_path} is for {rec.meta['model']}, not {m.name}")
+            if rec.chunks != self.staging_chunks or (rec.chunks > 1 and rec.slots != self.staging_slots):
+                raise ValueError(f"selectn: record {self.record_path} stages layers in {rec.chunks} piece(s), "
+                                 f"not staging_chunks={self.staging_chunks}, staging_slots={self.staging_slots}")
         else:
-            rec = record_for(m, ctx.hw, ctx.cost, ctx.engine)
+            rec = record_for(m, ctx.hw, ctx.cost, ctx.engine, staging_chunks=self.staging_chunks,
+                             staging_slots=self.staging_slots)
         self.rec = rec
         self.L = L
         if not 1 <= self.min_interval <= L:
@@ -129,7 +143,8 @@ class SelectN(OffloadPolicy):
         return float(self.host[0])
 
     def describe(self) -> str:
-        return f"selectn(hysteresis={self.hysteresis})"
+        staged = "" if self.staging_chunks == 1 else f", staging {self.staging_slots}/{self.staging_chunks} layer"
+        return f"selectn(hysteresis={self.hysteresis}{staged})"
 
     # --- helpers ------------------------------------------------------------------------------------
     def _n_promote(self, cur: int, j: int) -> int:
