@@ -122,9 +122,12 @@ class RayPool:
             while pending:
                 yield from self._collect(pending)
         finally:
-            # the caller stopped early (break, or a task raised): don't leave the rest running
-            for ref in pending:
-                ray.cancel(ref)
+            # The caller stopped early (break, or a task raised): nothing more is submitted. The few tasks in
+            # flight (at most a few per CPU) are left to finish and their results dropped, not cancelled:
+            # ray.cancel racing a task's completion aborts the driver process in Ray's task manager ("Tried
+            # to complete task that was not pending", ray-project/ray#54846; seen here in the test suite).
+            # A Ray instance this pool started is shut down when the pool closes, which stops them.
+            pending.clear()
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """The results in the order of ``items``: those that finish early wait in a buffer for their turn."""
