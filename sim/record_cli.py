@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         levels = tuple(sorted(set(levels) | {args.slo_x}))
     models = sc.gpu_models or [sc.model]
     sn = next((c.params for c in sc.sc.compare if c.policy == "selectn"), {})
-    staging = {"staging_chunks": int(sn.get("staging_chunks", 1)), "staging_slots": int(sn.get("staging_slots", 2))}
+    staging = {"staging_chunks": sn.get("staging_chunks", 1), "staging_slots": sn.get("staging_slots", 2)}
+    if not all(isinstance(v, int) and v >= 1 for v in staging.values()):
+        print(f"error: {args.scenario}: compare (selectn).params: staging_chunks and staging_slots must be "
+              f"integers >= 1, got {staging}", file=sys.stderr)
+        return 2
     seen = set()
     for model in models:
         if model.name in seen:
