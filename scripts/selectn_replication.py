@@ -136,8 +136,10 @@ def headline(res: dict[int, dict[str, Any]]) -> dict[str, Any]:
     largest per-batch ratio where both attain it; host memory ratio; DeepSpeed's TPOT over the SLO."""
     ok = lambda m: "error" not in m and m["attainment"] >= 0.99  # noqa: E731
     best = lambda p: max((r[p]["throughput"] for r in res.values() if ok(r[p])), default=0.0)  # noqa: E731
-    per_b = [r["selectn"]["throughput"] / r["flexgen"]["throughput"] for r in res.values()
-             if ok(r["selectn"]) and ok(r["flexgen"])]
+    # per batch, the policy's throughput over FlexGen's where both attain the SLO
+    ratios = lambda p: [r[p]["throughput"] / r["flexgen"]["throughput"] for r in res.values()  # noqa: E731
+                        if p in r and ok(r[p]) and ok(r["flexgen"])]
+    per_b, whole = ratios("selectn"), ratios("selectn-whole")
     hosts = [r["selectn"]["host_gb"] / r["flexgen"]["host_gb"] for r in res.values()
              if "error" not in r["flexgen"] and r["flexgen"]["host_gb"] > 0]
     ds = [r["deepspeed"]["tpot_mean"] / r["tpot_slo"] for r in res.values() if "error" not in r["deepspeed"]]
@@ -147,8 +149,6 @@ def headline(res: dict[int, dict[str, Any]]) -> dict[str, Any]:
              and r["flexgen-alone"]["attainment"] < 0.99]
     sn_ok = all(ok(r["selectn"]) for r in res.values())
     sn_host = max((r["selectn"]["host_gb"] for r in res.values() if "error" not in r["selectn"]), default=0.0)
-    whole = [r["selectn-whole"]["throughput"] / r["flexgen"]["throughput"] for r in res.values()
-             if "selectn-whole" in r and ok(r["selectn-whole"]) and ok(r["flexgen"])]
     return {"best_ratio": best("selectn") / best("flexgen") if best("flexgen") else float("inf"),
             "whole_best_ratio": (best("selectn-whole") / best("flexgen") if whole and best("flexgen")
                                  else float("nan")),

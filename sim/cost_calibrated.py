@@ -154,7 +154,7 @@ def load_profile(path: str | Path) -> Profile:
                    path=p)
 
 
-# --- physics (numpy-vectorised) ------------------------------------------------------------------------
+# --- the cost model ----------------------------------------------------------------------------------------
 
 class CalibratedCostModel:
     """`CostModel` from a fitted profile. Non-attention time is a pure function of the token count and is

@@ -90,7 +90,7 @@ def run_closed_form(t0: float, plan: OffloadPlan, compute_s: float, tasks: tuple
     L = plan.num_layers
     # pieces: id l*C + q; C = 1 (every plan but a chunked one) makes a piece a layer
     C = plan.chunks
-    chunked = frozenset(plan.offloaded) if C > 1 else frozenset()
+    chunked = plan.offloaded_set if C > 1 else frozenset()
     ends: list[float] = []
     piece_end: dict[int, float] = {}  # compute end of each piece of a chunked layer
     arrive: dict[int, int] = {t.layer * C + t.part: i for i, t in enumerate(tasks)}
@@ -169,7 +169,7 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
     t0 = env.now
     L = plan.num_layers
     C = plan.chunks
-    chunked = frozenset(plan.offloaded) if C > 1 else frozenset()
+    chunked = plan.offloaded_set if C > 1 else frozenset()
     done = [env.event() for _ in range(L)]
     piece_done = {l * C + q: env.event() for l in chunked for q in range(C)}
     arrival: dict[int, simpy.Event] = {t.layer * C + t.part: env.event() for t in tasks}

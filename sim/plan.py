@@ -164,10 +164,15 @@ class OffloadPlan:
     def resident_layer_bytes(self, model: ModelSpec) -> float:
         return model.num_layers * model.weight_bytes_per_layer - self.host_bytes(model)
 
-    def staging_bytes(self, model: ModelSpec) -> float:
+    @property
+    def staging_layers(self) -> float:
+        """Staging memory in layers' worth of weights (``num_buffers`` slots of a piece of the host part)."""
         if self.mode == "uva":
             return 0.0
-        return self.num_buffers * self.fraction * model.weight_bytes_per_layer / self.chunks
+        return self.num_buffers * self.fraction / self.chunks
+
+    def staging_bytes(self, model: ModelSpec) -> float:
+        return self.staging_layers * model.weight_bytes_per_layer
 
     def copy_bytes_per_iteration(self, model: ModelSpec) -> float:
         """Bytes that cross the host link per iteration (every offloaded byte, once)."""

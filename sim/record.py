@@ -110,7 +110,7 @@ class PerformanceRecord:
         self.host_bytes = np.array([p.num_offloaded * lb for p in self.plans])
         self.pcie_bytes = self.host_bytes.copy()  # every offloaded byte crosses the link once per iteration
         self.gpu_weight_bytes = np.array([meta["non_layer_bytes"] + (L - p.num_offloaded) * lb
-                                          + p.num_buffers * lb / p.chunks for p in self.plans])
+                                          + p.staging_layers * lb for p in self.plans])
         self.cost: CostModel | None = None  # the cost model it was built from (not saved), for extrapolation
         self._times_cache: dict[tuple[float, float, int], np.ndarray] = {}
 

@@ -113,21 +113,18 @@ class RayPool:
         import ray
 
         fn_ref = ray.put(fn)  # pickled once, not once per task
+        # If the caller stops early (break, or a task raised), nothing more is submitted; the few tasks in
+        # flight (at most a few per CPU) finish and their results are dropped. They are not cancelled:
+        # ray.cancel racing a task's completion aborts the driver process in Ray's task manager ("Tried to
+        # complete task that was not pending", ray-project/ray#54846; seen in this test suite). A Ray
+        # instance this pool started is shut down when the pool closes, which stops them.
         pending: dict[Any, int] = {}
-        try:
-            for i, item in enumerate(items):
-                pending[self._task.remote(fn_ref, item)] = i
-                while len(pending) >= self._max_in_flight:
-                    yield from self._collect(pending)
-            while pending:
+        for i, item in enumerate(items):
+            pending[self._task.remote(fn_ref, item)] = i
+            while len(pending) >= self._max_in_flight:
                 yield from self._collect(pending)
-        finally:
-            # The caller stopped early (break, or a task raised): nothing more is submitted. The few tasks in
-            # flight (at most a few per CPU) are left to finish and their results dropped, not cancelled:
-            # ray.cancel racing a task's completion aborts the driver process in Ray's task manager ("Tried
-            # to complete task that was not pending", ray-project/ray#54846; seen here in the test suite).
-            # A Ray instance this pool started is shut down when the pool closes, which stops them.
-            pending.clear()
+        while pending:
+            yield from self._collect(pending)
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """The results in the order of ``items``: those that finish early wait in a buffer for their turn."""

@@ -122,7 +122,7 @@ def bus_others(ctx: "InstanceContext", shares: int) -> tuple[dict[int, Candidate
     - idle: nothing to run (no iteration in flight, so no copy), as candidates that do not use the link;
     - busy: running requests; True if they may copy during this iteration (copying now, holding an
       offloaded plan, or swapping KV);
-    - yielding: peers that copy only once this GPU lets them -- requests waiting for admission and
+    - queued: peers that copy only once this GPU lets them -- requests waiting for admission and
       nothing running (True if they would copy once they start: `admit` holds them back while this GPU
       runs `solo`), or running without the link and held off it by this GPU's solo iteration
       (`wants_link`). So a peer that gets work, or wants to offload, mid-iteration never steals the
