@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 
+from sim.model import PRESETS as MODEL_PRESETS
 from sim.model import ModelSpec, get_model
 
 from .kv import StepInputs
@@ -319,6 +321,9 @@ def main(argv: list[str] | None = None) -> Path:
                       layer_bytes=spec.weight_bytes_per_layer,
                       repeats=a.repeats, warmup=a.warmup, statistic="median over repeats",
                       skipped="; ".join(skipped) or "none")
+    if a.model.lower() not in MODEL_PRESETS:  # a config.json: keep it beside the CSVs so a fit can rebuild the shape
+        src = Path(a.model) / "config.json" if Path(a.model).is_dir() else Path(a.model)
+        shutil.copyfile(src, a.out / "config.json")
     write_csv(a.out / "layer_times.csv", layer_rows, LAYER_COLUMNS,
               {**prov, "columns": "context_tokens and new_tokens are per request; times in seconds"})
     write_csv(a.out / "copy_bandwidth.csv", copy_rows, COPY_COLUMNS,

@@ -1,6 +1,7 @@
 """Measurement readers: everything calibration fits on, as one table.
 
-Columns of the table (`COLUMNS`): ``gpu`` (HardwareSpec preset name), ``model`` (ModelSpec preset name),
+Columns of the table (`COLUMNS`): ``gpu`` (HardwareSpec preset name), ``model`` (ModelSpec preset name, or
+the path of the ``config.json`` beside a backend CSV for a model the profiler read from one),
 ``phase`` (``prefill``, ``decode`` or ``any`` for phase-independent ops), ``batch_size`` (sequences),
 ``batch_tokens`` (new tokens in the batch), ``context_tokens`` (per sequence, what attention reads),
 ``tp`` (tensor-parallel degree: the row times one GPU's share of a layer split ``tp`` ways; 1 = unsplit),
@@ -171,9 +172,17 @@ def read_layer_times(path: str | Path, gpu: str | None = None) -> pd.DataFrame:
         raise MeasurementError(f"{path.name}: phase must be prefill or decode, got {bad}")
     tokens = d["batch_size"] * d["new_tokens"]
     tp = 1  # the backend profiles one GPU running the whole layer
+    model = d["model"].astype(str).str.lower()
+    custom = sorted(set(model) - set(MODEL_PRESETS))
+    if custom:  # a model the profiler read from a config.json, which it copied beside the CSV
+        config = path.parent / "config.json"
+        if not config.exists():
+            raise MeasurementError(f"{path}: model {custom[0]!r} is not a preset and there is no config.json beside "
+                                   f"the file (the profiler copies the --model config there)")
+        model = model.where(model.isin(list(MODEL_PRESETS)), str(config))
     parts = []
     for col, group in (("layer_s", "layer"), ("attn_s", "attention"), ("linear_s", "linear")):
-        parts.append(pd.DataFrame({"gpu": gpu, "model": d["model"].str.lower(), "tp": tp, "phase": d["phase"],
+        parts.append(pd.DataFrame({"gpu": gpu, "model": model, "tp": tp, "phase": d["phase"],
                                    "batch_size": d["batch_size"], "batch_tokens": tokens,
                                    "context_tokens": d["context_tokens"], "op_group": group,
                                    "measured_s": d[col].astype(float), "source": path.name}))

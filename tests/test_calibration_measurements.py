@@ -75,6 +75,22 @@ def test_layer_times_unknown_gpu_needs_override(tmp_path):
     assert set(read_layer_times(p, gpu="a10")["gpu"]) == {"a10"}
 
 
+def test_layer_times_of_a_model_from_a_config_json(tmp_path):
+    """A model the profiler read from a config.json is rebuilt from the copy beside the CSV (the fit needs
+    its shape), and without that copy the error names the file."""
+    from sim.model import get_model
+
+    smoke = Path(__file__).resolve().parents[1] / "scenarios" / "backend_smoke_model.json"
+    p = tmp_path / "layer_times.csv"
+    p.write_text((FIX / "layer_times.csv").read_text().replace("llama-2-7b", "tiny-llama-smoke"))
+    with pytest.raises(MeasurementError, match=r"layer_times.csv.*tiny-llama-smoke.*config.json"):
+        read_layer_times(p)
+    (tmp_path / "config.json").write_text(smoke.read_text())
+    t = read_layer_times(p)
+    assert set(t["model"]) == {str(tmp_path / "config.json")}
+    assert get_model(t["model"].iloc[0]) == get_model(smoke)
+
+
 def test_bad_file_names_itself(tmp_path):
     p = tmp_path / "x.csv"
     p.write_text("a,b\n1,2\n")

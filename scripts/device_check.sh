@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# The GPU half of calibration (issue 9) as one prepared command for a lent GPU machine (the `device` tool),
+# and the half that follows it here. Nothing here changes the card's settings (clocks, power, MIG).
+#
+#   bash scripts/device_check.sh --fetch-wheels   # here, once: wheels the device image lacks (simpy,
+#                                                 # pydantic and its deps, for its Python 3.12) into .whl/
+#   bash scripts/device_check.sh                  # there: run(command=..., carry=[".whl"], timeout_s=480)
+#   bash scripts/device_check.sh --finish DIR     # here: DIR = the fetched $OUT (holding results.tgz)
+#
+# On the GPU it runs, each step under its own time limit, going on after a failed step:
+#   1. the backend's GPU tests (tests/test_backend_gpu.py);
+#   2. the card's ceilings as found: a device-to-device copy and a bf16 GEMM, CUDA-event timed (ceilings.json);
+#   3. the backend profiler for $MODEL (layer_times.csv, copy_bandwidth.csv, microbatch.csv);
+#   4. the fixed-batch experiments of $SCENARIO through the backend (iterations.csv, timeline.json).
+# and packs 2-4 into $OUT/results.tgz (the device tool brings back at most 8 files), with device_check.log.
+# --finish unpacks them under calibration/data/<gpu>/ (profiler CSVs in <model>/, the run in runs/<scenario>/),
+# fits calibration/profiles/<gpu>.yaml on the profiler's CSVs and verifies the run against the simulator with
+# that profile (runs/<scenario>/verify/: verify.csv, verify.html, verify_summary.json).
+#
+# Knobs (environment): MODEL (llama-2-7b), SCENARIO (scenarios/verify_llama2_7b.yaml), DEVICE (auto), GPU (the
+# preset name; default from the card's name), QUICK=1 (the profiler's smoke grid), SKIP_TESTS=1, PYTHON
+# (python3), OUT (where results go; the device tool sets it), DATA_ROOT (calibration/data) and PROFILE_DIR
+# (calibration/profiles) for --finish. A CPU dry run of the whole chain, as tests/test_device_check.py runs it:
+#   DEVICE=cpu GPU=h200 QUICK=1 SKIP_TESTS=1 MODEL=scenarios/backend_smoke_model.json \
+#     SCENARIO=scenarios/backend_smoke.yaml OUT=/tmp/dc bash scripts/device_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+MODEL=${MODEL:-llama-2-7b}
+SCENARIO=${SCENARIO:-scenarios/verify_llama2_7b.yaml}
+DEVICE=${DEVICE:-auto}
+RUN_NAME=$(basename "$SCENARIO" .yaml)
+MODEL_NAME=$(basename "$MODEL" .json)
+
+gpu_slug() {  # the card's name -> the simulator's GPU preset (sim/hardware.py)
+  $PY - "$DEVICE" <<'EOF'
+import sys
+import torch
+dev = sys.argv[1]
+if dev == "cpu" or not torch.cuda.is_available():
+    print("cpu"); sys.exit()
+name = torch.cuda.get_device_name(0 if dev == "auto" else torch.device(dev)).lower()
+for key, slug in (("gh200", "gh200"), ("h200", "h200"), ("h100", "h100-sxm"), ("a100", "a100-80g"), ("a10", "a10")):
+    if key in name:
+        print(slug); break
+else:
+    print(name.replace("nvidia", "").strip().replace(" ", "-"))
+EOF
+}
+
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+  rm -rf .whl && mkdir -p .whl
+  $PY -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl "simpy>=4.1" "pydantic>=2.5"
+  ls .whl
+  exit $?
+fi
+
+if [[ "${1:-}" == "--finish" ]]; then
+  src=${2:?"--finish DIR: DIR is the fetched \$OUT holding results.tgz"}
+  [[ -f "$src/results.tgz" ]] || { echo "error: $src/results.tgz: no such file" >&2; exit 2; }
+  tmp=$(mktemp -d)
+  tar xzf "$src/results.tgz" -C "$tmp" || exit 2
+  gpu=${GPU:-$(cat "$tmp/gpu")}
+  data=${DATA_ROOT:-calibration/data}/$gpu
+  mkdir -p "$data/runs"
+  cp -r "$tmp/data/." "$data/"
+  cp -r "$tmp/run/." "$data/runs/"
+  [[ -f "$tmp/ceilings.json" ]] && cp "$tmp/ceilings.json" "$data/"
+  [[ -f "$src/device_check.log" ]] && cp "$src/device_check.log" "$data/"
+  prof=${PROFILE_DIR:-calibration/profiles}/$gpu.yaml
+  set -e
+  $PY -m calibration.fit "$data" --gpu "$gpu" --out "$prof"
+  $PY -m calibration.verify "$data/runs/$RUN_NAME" "$SCENARIO" --gpu "$gpu" --profile "$prof"
+  echo "committed-to-be: $data, $prof"
+  exit 0
+fi
+
+OUT=${OUT:-/tmp/device_check_out}
+work=$(mktemp -d)
+mkdir -p "$OUT"
+log="$OUT/device_check.log"
+: >"$log"
+status=()
+
+step() {  # step NAME LIMIT_S CMD...: run with a time limit, log it, go on after a failure
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name (limit ${limit} s): $*" | tee -a "$log"
+  timeout "$limit" "$@" >>"$log" 2>&1
+  local rc=$?
+  status+=("$name rc=$rc $((SECONDS - t0))s")
+  echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
+}
+
+if [[ -d .whl ]]; then
+  step wheels 120 $PY -m pip install --no-index --find-links .whl "simpy>=4.1" "pydantic>=2.5"
+fi
+gpu=${GPU:-$(gpu_slug)}
+echo "$gpu" >"$work/gpu"
+{ echo "gpu preset: $gpu"; nvidia-smi 2>&1 | head -20; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } >>"$log" 2>&1
+
+if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
+  step gpu-tests 180 $PY -m pytest -q -m gpu tests/test_backend_gpu.py -p no:cacheprovider
+fi
+
+step ceilings 60 $PY - "$DEVICE" "$work/ceilings.json" <<'EOF'
+# The two numbers METHOD.md asks for first: copy bandwidth and the bf16 matrix rate, as the card is found.
+import json, sys, time
+import torch
+dev = torch.device("cuda" if sys.argv[1] == "auto" and torch.cuda.is_available() else
+                   (sys.argv[1] if sys.argv[1] != "auto" else "cpu"))
+cuda = dev.type == "cuda"
+n_copy, n_mm = (1 << 30, 8192) if cuda else (1 << 24, 512)  # 1 GiB (20x the L2) / 8192^3 on a GPU
+dtype = torch.bfloat16 if cuda else torch.float32
+
+def median_s(fn, reps=10):
+    for _ in range(3):
+        fn()
+    out = []
+    for _ in range(reps):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record(); fn(); b.record(); b.synchronize(); out.append(a.elapsed_time(b) / 1e3)
+        else:
+            t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
+    return sorted(out)[len(out) // 2]
+
+src = torch.randn(n_copy // 2, device=dev, dtype=torch.bfloat16)
+dst = torch.empty_like(src)
+t_copy = median_s(lambda: dst.copy_(src))
+a = torch.randn(n_mm, n_mm, device=dev, dtype=dtype)
+b = torch.randn(n_mm, n_mm, device=dev, dtype=dtype)
+t_mm = median_s(lambda: a @ b)
+res = {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if cuda else "cpu",
+       "d2d_copy_bytes": 2 * n_copy, "d2d_copy_s": t_copy, "d2d_gb_per_s": 2 * n_copy / t_copy / 1e9,
+       "gemm_mnk": n_mm, "gemm_dtype": str(dtype), "gemm_s": t_mm, "gemm_tflop_per_s": 2 * n_mm ** 3 / t_mm / 1e12,
+       "note": "median of 10 after 3 warm-ups; copy bytes count read + write; random inputs"}
+json.dump(res, open(sys.argv[2], "w"), indent=2)
+print(json.dumps(res))
+EOF
+
+quick=(); [[ "${QUICK:-0}" == 1 ]] && quick=(--quick)
+step profile 240 $PY -m backend.profile --model "$MODEL" --out "$work/data/$MODEL_NAME" --device "$DEVICE" "${quick[@]}"
+step backend-run 240 $PY -m backend.run "$SCENARIO" --out "$work/run/$RUN_NAME" --device "$DEVICE"
+
+tar czf "$OUT/results.tgz" -C "$work" . 2>>"$log"
+echo "== summary ($gpu)" | tee -a "$log"
+printf '%s\n' "${status[@]}" | tee -a "$log"
+[[ -f "$work/ceilings.json" ]] && { cat "$work/ceilings.json"; echo; }
+tar tzf "$OUT/results.tgz" | grep -E 'csv|json' | tee -a "$log"
