@@ -19,8 +19,9 @@
 #
 # Knobs (environment): MODEL (llama-2-7b), SCENARIO (scenarios/verify_llama2_7b.yaml), DEVICE (auto), GPU (the
 # preset name; default from the card's name), QUICK=1 (the profiler's smoke grid), SKIP_TESTS=1, PYTHON
-# (python3), OUT (where results go; the device tool sets it), DATA_ROOT (calibration/data) and PROFILE_DIR
-# (calibration/profiles) for --finish. A CPU dry run of the whole chain, as tests/test_device_check.py runs it:
+# (python3), OUT (where results go; the device tool sets it), DATA_ROOT (calibration/data), PROFILE_DIR
+# (calibration/profiles) and VIDUR (../shared/data/measurements/vidur) for --finish. A CPU dry run of the
+# whole chain, as tests/test_device_check.py runs it:
 #   DEVICE=cpu GPU=h200 QUICK=1 SKIP_TESTS=1 MODEL=scenarios/backend_smoke_model.json \
 #     SCENARIO=scenarios/backend_smoke.yaml OUT=/tmp/dc bash scripts/device_check.sh
 set -uo pipefail
@@ -69,8 +70,13 @@ if [[ "${1:-}" == "--finish" ]]; then
   [[ -f "$tmp/ceilings.json" ]] && cp "$tmp/ceilings.json" "$data/"
   [[ -f "$src/device_check.log" ]] && cp "$src/device_check.log" "$data/"
   prof=${PROFILE_DIR:-calibration/profiles}/$gpu.yaml
+  # A GPU the public Vidur files also time (h100-sxm, a100-80g) is fitted on both, so its committed profile
+  # keeps what it learnt from them; any other GPU on the backend's CSVs alone.
+  vidur=${VIDUR:-../shared/data/measurements/vidur}
+  extra=()
+  if compgen -G "$vidur/${gpu%%-*}_*linear_ops.csv" >/dev/null; then extra=("$vidur"); fi
   set -e
-  $PY -m calibration.fit "$data" --gpu "$gpu" --out "$prof"
+  $PY -m calibration.fit "$data" "${extra[@]}" --gpu "$gpu" --out "$prof"
   $PY -m calibration.verify "$data/runs/$RUN_NAME" "$SCENARIO" --gpu "$gpu" --profile "$prof"
   echo "committed-to-be: $data, $prof"
   exit 0

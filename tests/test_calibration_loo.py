@@ -15,9 +15,9 @@ stream limit), and we say so instead of tuning on the test model:
 - cuBLAS switches kernels between token counts on H100 (e.g. 70B's down projection is faster at 648-768
   tokens than at 520-640; 7B's gate+up at 200-256 tokens takes 1.9x the roofline), which smooth physics
   cannot follow: each model fitted on its own rows already scores 10.9 % (7B) and 11.1 % (70B) p90 on its
-  own tp = 1 rows, so a held-out p90 < 10 % is out of reach for this model class. What remains: 7B's slow kernels at 64-256
-  tokens (the 70B -> 7B tail) and kernel switches at 256-768 tokens in both models (70B's down projection
-  takes 750 us at 528-640 tokens, 270 us at 512).
+  own tp = 1 rows, so a held-out p90 < 10 % is out of reach for this model class. What remains: 7B's slow
+  kernels at 64-256 tokens (the 70B -> 7B tail) and kernel switches at 256-768 tokens in both models (70B's
+  down projection takes 750 us at 528-640 tokens, 270 us at 512).
 The guard tests pin what the model does reach, and compare it with the plain three-number roofline.
 """
 
