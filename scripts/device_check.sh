@@ -4,15 +4,16 @@
 #
 #   bash scripts/device_check.sh --fetch-wheels   # here, once: wheels the device image lacks (simpy,
 #                                                 # pydantic and its deps, for its Python 3.12) into .whl/
-#   bash scripts/device_check.sh                  # there: run(command=..., carry=[".whl"], timeout_s=480)
+#   bash scripts/device_check.sh                  # there: run(command=..., carry=[".whl"], timeout_s=560)
 #   bash scripts/device_check.sh --finish DIR     # here: DIR = the fetched $OUT (holding results.tgz)
 #
-# On the GPU it runs, each step under its own time limit, going on after a failed step:
-#   1. the backend's GPU tests (tests/test_backend_gpu.py);
-#   2. the card's ceilings as found: a device-to-device copy and a bf16 GEMM, CUDA-event timed (ceilings.json);
-#   3. the backend profiler for $MODEL (layer_times.csv, copy_bandwidth.csv, microbatch.csv);
-#   4. the fixed-batch experiments of $SCENARIO through the backend (iterations.csv, timeline.json).
-# and packs 2-4 into $OUT/results.tgz (the device tool brings back at most 8 files), with device_check.log.
+# On the GPU it runs, each step under its own time limit (525 s in all at most), going on after a failed step:
+#   1. the card's ceilings as found: a device-to-device copy and a bf16 GEMM, CUDA-event timed (ceilings.json);
+#   2. the backend profiler for $MODEL (layer_times.csv, copy_bandwidth.csv, microbatch.csv);
+#   3. the fixed-batch experiments of $SCENARIO through the backend (iterations.csv, timeline.json);
+#   4. the backend's GPU tests (tests/test_backend_gpu.py; their output is in the log).
+# and packs 1-3 into $OUT/results.tgz after every step (the device tool brings back at most 8 files, and
+# what finished comes back if the call is cut off), with device_check.log.
 # --finish unpacks them under calibration/data/<gpu>/ (profiler CSVs in <model>/, the run in runs/<scenario>/),
 # fits calibration/profiles/<gpu>.yaml on the profiler's CSVs and verifies the run against the simulator with
 # that profile (runs/<scenario>/verify/: verify.csv, verify.html, verify_summary.json).
@@ -97,20 +98,18 @@ step() {  # step NAME LIMIT_S CMD...: run with a time limit, log it, go on after
   local rc=$?
   status+=("$name rc=$rc $((SECONDS - t0))s")
   echo "== $name: rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
+  # pack after every step: if the device call is cut off, what finished still comes back
+  tar czf "$OUT/results.tgz.part" -C "$work" . 2>>"$log" && mv "$OUT/results.tgz.part" "$OUT/results.tgz"
 }
 
 if [[ -d .whl ]]; then
-  step wheels 120 $PY -m pip install --no-index --find-links .whl "simpy>=4.1" "pydantic>=2.5"
+  step wheels 60 $PY -m pip install --no-index --find-links .whl "simpy>=4.1" "pydantic>=2.5"
 fi
 gpu=${GPU:-$(gpu_slug)}
 echo "$gpu" >"$work/gpu"
 { echo "gpu preset: $gpu"; nvidia-smi 2>&1 | head -20; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } >>"$log" 2>&1
 
-if [[ "${SKIP_TESTS:-0}" != 1 ]]; then
-  step gpu-tests 180 $PY -m pytest -q -m gpu tests/test_backend_gpu.py -p no:cacheprovider
-fi
-
-step ceilings 60 $PY - "$DEVICE" "$work/ceilings.json" <<'EOF'
+step ceilings 45 $PY - "$DEVICE" "$work/ceilings.json" <<'EOF'
 # The two numbers METHOD.md asks for first: copy bandwidth and the bf16 matrix rate, as the card is found.
 import json, sys, time
 import torch
@@ -147,10 +146,12 @@ print(json.dumps(res))
 EOF
 
 quick=(); [[ "${QUICK:-0}" == 1 ]] && quick=(--quick)
-step profile 240 $PY -m backend.profile --model "$MODEL" --out "$work/data/$MODEL_NAME" --device "$DEVICE" "${quick[@]}"
-step backend-run 240 $PY -m backend.run "$SCENARIO" --out "$work/run/$RUN_NAME" --device "$DEVICE"
+step profile 150 $PY -m backend.profile --model "$MODEL" --out "$work/data/$MODEL_NAME" --device "$DEVICE" "${quick[@]}"
+step backend-run 150 $PY -m backend.run "$SCENARIO" --out "$work/run/$RUN_NAME" --device "$DEVICE"
+if [[ "${SKIP_TESTS:-0}" != 1 ]]; then  # last: the measurements are what the lease is for
+  step gpu-tests 120 $PY -m pytest -q -m gpu tests/test_backend_gpu.py -p no:cacheprovider
+fi
 
-tar czf "$OUT/results.tgz" -C "$work" . 2>>"$log"
 echo "== summary ($gpu)" | tee -a "$log"
 printf '%s\n' "${status[@]}" | tee -a "$log"
 [[ -f "$work/ceilings.json" ]] && { cat "$work/ceilings.json"; echo; }
