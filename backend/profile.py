@@ -32,8 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from sim.model import PRESETS as MODEL_PRESETS
-from sim.model import ModelSpec, get_model
+from sim.model import PRESETS as MODEL_PRESETS, ModelSpec, get_model
 
 from .kv import StepInputs
 from .model import attention, post_attention, pre_attention

@@ -34,19 +34,15 @@ DEVICE=${DEVICE:-auto}
 RUN_NAME=$(basename "$SCENARIO" .yaml)
 MODEL_NAME=$(basename "$MODEL" .json)
 
-gpu_slug() {  # the card's name -> the simulator's GPU preset (sim/hardware.py)
+gpu_slug() {  # the card's name -> the simulator's GPU preset (the reader's mapping), "cpu" without one
   $PY - "$DEVICE" <<'EOF'
 import sys
 import torch
-dev = sys.argv[1]
-if dev == "cpu" or not torch.cuda.is_available():
-    print("cpu"); sys.exit()
-name = torch.cuda.get_device_name(0 if dev == "auto" else torch.device(dev)).lower()
-for key, slug in (("gh200", "gh200"), ("h200", "h200"), ("h100", "h100-sxm"), ("a100", "a100-80g"), ("a10", "a10")):
-    if key in name:
-        print(slug); break
-else:
-    print(name.replace("nvidia", "").strip().replace(" ", "-"))
+from backend.timing import resolve_device
+from calibration.measurements import gpu_from_name
+dev = resolve_device(sys.argv[1])
+name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+print(gpu_from_name(name) or name.lower().replace("nvidia", "").strip().replace(" ", "-"))
 EOF
 }
 
@@ -62,6 +58,7 @@ if [[ "${1:-}" == "--finish" ]]; then
   src=${2:?"--finish DIR: DIR is the fetched \$OUT holding results.tgz"}
   [[ -f "$src/results.tgz" ]] || { echo "error: $src/results.tgz: no such file" >&2; exit 2; }
   tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
   tar xzf "$src/results.tgz" -C "$tmp" || exit 2
   gpu=${GPU:-$(cat "$tmp/gpu")}
   data=${DATA_ROOT:-calibration/data}/$gpu
@@ -85,6 +82,7 @@ fi
 
 OUT=${OUT:-/tmp/device_check_out}
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 mkdir -p "$OUT"
 log="$OUT/device_check.log"
 : >"$log"
@@ -111,35 +109,22 @@ echo "$gpu" >"$work/gpu"
 
 step ceilings 45 $PY - "$DEVICE" "$work/ceilings.json" <<'EOF'
 # The two numbers METHOD.md asks for first: copy bandwidth and the bf16 matrix rate, as the card is found.
-import json, sys, time
+import json, sys
 import torch
-dev = torch.device("cuda" if sys.argv[1] == "auto" and torch.cuda.is_available() else
-                   (sys.argv[1] if sys.argv[1] != "auto" else "cpu"))
+from backend.timing import provenance, resolve_device, summarize, time_calls
+dev = resolve_device(sys.argv[1])
 cuda = dev.type == "cuda"
 n_copy, n_mm = (1 << 30, 8192) if cuda else (1 << 24, 512)  # 1 GiB (20x the L2) / 8192^3 on a GPU
 dtype = torch.bfloat16 if cuda else torch.float32
-
-def median_s(fn, reps=10):
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(reps):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); fn(); b.record(); b.synchronize(); out.append(a.elapsed_time(b) / 1e3)
-        else:
-            t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
-    return sorted(out)[len(out) // 2]
-
 src = torch.randn(n_copy // 2, device=dev, dtype=torch.bfloat16)
 dst = torch.empty_like(src)
-t_copy = median_s(lambda: dst.copy_(src))
+t_copy = summarize(time_calls(lambda: dst.copy_(src), dev, repeats=10, warmup=3))[0]
 a = torch.randn(n_mm, n_mm, device=dev, dtype=dtype)
 b = torch.randn(n_mm, n_mm, device=dev, dtype=dtype)
-t_mm = median_s(lambda: a @ b)
-res = {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if cuda else "cpu",
+t_mm = summarize(time_calls(lambda: a @ b, dev, repeats=10, warmup=3))[0]
+res = {**provenance(dev, dtype, "scripts/device_check.sh (ceilings)"),
        "d2d_copy_bytes": 2 * n_copy, "d2d_copy_s": t_copy, "d2d_gb_per_s": 2 * n_copy / t_copy / 1e9,
-       "gemm_mnk": n_mm, "gemm_dtype": str(dtype), "gemm_s": t_mm, "gemm_tflop_per_s": 2 * n_mm ** 3 / t_mm / 1e12,
+       "gemm_mnk": n_mm, "gemm_s": t_mm, "gemm_tflop_per_s": 2 * n_mm ** 3 / t_mm / 1e12,
        "note": "median of 10 after 3 warm-ups; copy bytes count read + write; random inputs"}
 json.dump(res, open(sys.argv[2], "w"), indent=2)
 print(json.dumps(res))
