@@ -1,4 +1,4 @@
-"""The torch backend: runs memslo's offloading schedules (`sim.plan.OffloadPlan`) on a real model.
+"""The torch backend: runs memslo's offloading schedules (`sim.core.offload_plan.OffloadPlan`) on a real model.
 
 Modules: `weights` (random weights of a `ModelSpec`, one flat buffer per layer, pinned host masters),
 `kv` (padded KV cache, per-iteration inputs and masks), `model` (Llama/OPT layers in plain torch),

@@ -1,6 +1,6 @@
 """`OffloadExecutor`: runs prefill and decode iterations of a model under an `OffloadPlan`.
 
-The schedule is the simulator's: `sim.iteration.compile_copies` turns the plan (plus pending promotions)
+The schedule is the simulator's: `sim.engine.iteration.compile_copies` turns the plan (plus pending promotions)
 into the copy stream's task list, and this module only *issues* those tasks with the plan's dependencies:
 
 - a copy task waits for "compute reached its trigger layer" (the end marker of layer ``trigger - 1``; the
@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 import torch
 
-from sim.iteration import CopyTask, compile_copies
-from sim.plan import OffloadPlan
-from sim.timeline import Timeline
+from sim.core.offload_plan import OffloadPlan
+from sim.core.timeline import Timeline
+from sim.engine.iteration import CopyTask, compile_copies
 
 from .kv import PaddedKVCache, StepInputs
 from .model import embed, head, layer_forward

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from sim.model import ModelSpec
+from sim.core.model import ModelSpec
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sim.model import ModelSpec
+from sim.core.model import ModelSpec
 
 from .kv import StepInputs
 from .weights import ModelWeights, SplitRows, Weight

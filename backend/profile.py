@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 import torch
 
-from sim.model import PRESETS as MODEL_PRESETS, ModelSpec, get_model
+from sim.core.model import PRESETS as MODEL_PRESETS
+from sim.core.model import ModelSpec, get_model
 
 from .kv import StepInputs
 from .model import attention, post_attention, pre_attention

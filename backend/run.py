@@ -1,6 +1,6 @@
 """End-to-end fixed-batch runs: ``python -m backend.run SCENARIO.yaml [--out DIR]``.
 
-Runs the scenario's ``experiments:`` (batch size, sequence length, plans; `sim.experiments`) on the device
+Runs the scenario's ``experiments:`` (batch size, sequence length, plans; `sim.config.experiments`) on the device
 with `OffloadExecutor` and writes the simulator's outputs for them, so `calibration/verify.py` can compare:
 
 - ``iterations.csv``: one `FixedBatchRow` per (experiment, plan) with ``source="backend"``;
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from sim.experiments import FixedBatchExperiment, FixedBatchRow, load_experiment_file, write_rows
-from sim.timeline import Timeline
+from sim.config.experiments import FixedBatchExperiment, FixedBatchRow, load_experiment_file, write_rows
+from sim.core.timeline import Timeline
 
 from .executor import IterationRecord, OffloadExecutor
 from .kv import PaddedKVCache, StepInputs

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from sim.model import ModelSpec
+from sim.core.model import ModelSpec
 
 
 class SplitRows(NamedTuple):

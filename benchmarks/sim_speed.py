@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sim.api import SLO, PolicySpec, simulate  # noqa: E402
-from sim.workload import TraceWorkload  # noqa: E402
+from sim.core.workload import TraceWorkload  # noqa: E402
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "traces" / "azure_conv_2023.csv"
 

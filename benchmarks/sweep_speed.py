@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sim.planner.capacity_search import CapacitySearch  # noqa: E402
 from sim.planner.cli import write_outputs  # noqa: E402
 from sim.planner.config import LoadedPlan, load_plan  # noqa: E402
-from sim.planner.search import CapacitySearch  # noqa: E402
-from sim.sweep import make_executor  # noqa: E402
+from sim.pools.local import make_executor  # noqa: E402
 
 DEFAULT_PLAN = Path(__file__).resolve().parents[1] / "scenarios" / "capacity.yaml"
 

@@ -1,4 +1,4 @@
-"""Fit `sim.cost_calibrated` parameters to measurements and write a profile.
+"""Fit `sim.cost.calibrated` parameters to measurements and write a profile.
 
 ``python -m calibration.fit DATA... --gpu h100-sxm --out calibration/profiles/h100-sxm.yaml``
 
@@ -33,11 +33,12 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from sim.cost import BatchShape
-from sim.cost_calibrated import CalibratedCostModel, CalibratedParams, Profile
-from sim.layer_physics import gpu_constants, linear_op_times
-from sim.hardware import get_hardware
-from sim.model import get_model
+from sim.core.batch import BatchShape
+from sim.core.hardware import get_hardware
+from sim.core.model import get_model
+from sim.cost.calibrated import CalibratedCostModel, Profile
+from sim.cost.params import CalibratedParams
+from sim.cost.physics import gpu_constants, linear_op_times
 
 from .measurements import OP_GROUPS, load_measurements, sha256
 

@@ -28,7 +28,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from sim.model import PRESETS as MODEL_PRESETS
+from sim.core.model import PRESETS as MODEL_PRESETS
 
 COLUMNS = ["gpu", "model", "tp", "phase", "batch_size", "batch_tokens", "context_tokens", "op_group", "measured_s",
            "source"]

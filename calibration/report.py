@@ -26,9 +26,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy.optimize import least_squares
 
-from sim.cost import RooflineCostModel
-from sim.hardware import get_hardware
-from sim.model import get_model
+from sim.core.hardware import get_hardware
+from sim.core.model import get_model
+from sim.cost.roofline import RooflineCostModel
 
 from .fit import FitResult, fit_params, leave_one_model_out, loo_summary
 from .measurements import OP_GROUPS, load_measurements, sha256

@@ -25,10 +25,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from sim.cost_calibrated import apply_profile_link, load_profile, make_cost_model
-from sim.experiments import FixedBatchRow, load_experiment_file, read_rows, simulate_fixed_batch
-from sim.hardware import HardwareSpec, get_hardware
-from sim.timeline import Timeline
+from sim.config.experiments import FixedBatchRow, load_experiment_file, read_rows, simulate_fixed_batch
+from sim.core.hardware import HardwareSpec, get_hardware
+from sim.core.timeline import Timeline
+from sim.cost.calibrated import apply_profile_link, load_profile, make_cost_model
 
 from .measurements import gpu_from_name
 

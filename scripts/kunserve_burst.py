@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sim.scenario import LoadedScenario, load_scenario  # noqa: E402
+from sim.config.scenario import LoadedScenario, load_scenario  # noqa: E402
 
 PAPER_RATIO = 72.2  # KunServe paper: up to 72.2x lower tail TTFT than Llumnix, vLLM and InferCept
 DEFAULT = [REPO / "scenarios" / "kunserve_burst.yaml", REPO / "scenarios" / "kunserve_burst_h100.yaml"]

@@ -28,10 +28,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sim.cost import BatchShape, RooflineCostModel  # noqa: E402
-from sim.hardware import get_hardware  # noqa: E402
-from sim.model import get_model  # noqa: E402
-from sim.scenario import LoadedScenario, Scenario  # noqa: E402
+from sim.config.scenario import LoadedScenario, Scenario  # noqa: E402
+from sim.core.batch import BatchShape  # noqa: E402
+from sim.core.hardware import get_hardware  # noqa: E402
+from sim.core.model import get_model  # noqa: E402
+from sim.cost.roofline import RooflineCostModel  # noqa: E402
 
 SCEN = REPO / "scenarios"
 BATCHES = (4, 8, 16, 32)

@@ -1,22 +1,23 @@
 """memslo's simulator: GPUs, PCIe links and host memory for LLM serving with memory offloading.
 
-Import-light on purpose: ``sim`` never imports torch.
+The package is layered (docs/architecture.md): ``core`` (specs, requests, plans) < ``cost`` < ``engine`` <
+``policies`` / ``handlers`` < ``api`` < ``config`` < the commands. Import-light on purpose: ``sim`` never
+imports torch. The names below are the core types, re-exported for convenience.
 """
 
-from .cost import BatchShape, CostModel, RooflineCostModel
-from .hardware import HardwareSpec, get_hardware
-from .model import ModelSpec, get_model
+from importlib.metadata import PackageNotFoundError, version
 
+from sim.core.batch import BatchShape
+from sim.core.hardware import HardwareSpec, get_hardware
+from sim.core.model import ModelSpec, get_model
+from sim.core.offload_plan import OffloadPlan
+from sim.cost.base import CostModel
+from sim.cost.roofline import RooflineCostModel
 
-def __getattr__(name: str):
-    # OffloadPlan is imported on first use so that ``python -m sim.plan`` (the capacity planner's entry
-    # point, which runs sim/plan.py as __main__) does not find sim.plan already imported
-    if name == "OffloadPlan":
-        from .plan import OffloadPlan
-
-        return OffloadPlan
-    raise AttributeError(f"module 'sim' has no attribute {name!r}")
-
+try:
+    __version__ = version("memslo")
+except PackageNotFoundError:  # running from a checkout that was not installed
+    __version__ = "0+unknown"
 
 __all__ = ["BatchShape", "CostModel", "RooflineCostModel", "HardwareSpec", "get_hardware", "ModelSpec",
-           "get_model", "OffloadPlan"]
+           "get_model", "OffloadPlan", "__version__"]

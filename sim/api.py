@@ -1,7 +1,7 @@
 """The Python API: run several policies on the same requests and get records, metrics and timelines.
 
     from sim.api import simulate, SLO, PolicySpec
-    from sim.workload import SyntheticWorkload, Poisson, LogNormal
+    from sim.core.workload import SyntheticWorkload, Poisson, LogNormal
     results = simulate("llama-2-7b", "h100-sxm", workload.generate(seed=1),
                        [PolicySpec("none"), PolicySpec("selectn-static", {"interval": 8})],
                        slo=SLO(ttft_s=2.0, tpot_s=0.1))
@@ -15,19 +15,20 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .cluster import Cluster
-from .cost import CostModel, RooflineCostModel
-from .deployment import Progress, RunResult, StopRule
-from .hardware import HardwareSpec, HardwareSpecError, get_hardware
-from .link import HostMemoryError
-from .memory import EngineConfig, ModelDoesNotFit
-from .metrics import requests_frame, series_frame, summarize
-from .model import ModelSpec, get_model
-from .plan import PlanError
-from .handlers import make_handler
-from .policies import make_policy
-from .timeline import Timeline
-from .workload import RequestSet
+from sim.core.hardware import HardwareSpec, HardwareSpecError, get_hardware
+from sim.core.model import ModelSpec, get_model
+from sim.core.offload_plan import PlanError
+from sim.core.timeline import Timeline
+from sim.core.workload import RequestSet
+from sim.cost.base import CostModel
+from sim.cost.roofline import RooflineCostModel
+from sim.engine.cluster import Cluster
+from sim.engine.deployment import Progress, RunResult, StopRule
+from sim.engine.link import HostMemoryError
+from sim.engine.memory import EngineConfig, ModelDoesNotFit
+from sim.engine.metrics import requests_frame, series_frame, summarize
+from sim.handlers import make_handler
+from sim.policies import make_policy
 
 
 @dataclass(frozen=True)

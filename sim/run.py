@@ -1,7 +1,7 @@
 """``python -m sim.run SCENARIO.yaml [--out DIR] [--seed N] [--quiet] [--trace PATH] [--max-spans N]``
 
 Runs every policy of the scenario's ``compare:`` list on the same requests, shows progress, prints a short
-comparison table and writes the run folder (see `sim.output`). Exit codes: 0 done (a policy that could not
+comparison table and writes the run folder (see `sim.output.run_folder`). Exit codes: 0 done (a policy that could not
 run is reported and the others still run); 2 bad input (one line on stderr: ``file: field: problem``);
 1 the output folder could not be written; 130 interrupted (Ctrl-C): what was simulated is written.
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .scenario import ScenarioError, load_scenario
+from sim.config.scenario import ScenarioError, load_scenario
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         k = names.index(n)
         print(f"warning: {path.name}: compare.{k} ({n}): could not run: {runs[n].summary['error']}", file=sys.stderr)
 
-    from .output import default_out_dir, write_run
-    from .report.verdict import verdict
+    from sim.output.run_folder import default_out_dir, write_run
+    from sim.report.verdict import verdict
 
     lines = verdict({n: r.summary for n, r in runs.items()}, loaded.slo.ttft_s, loaded.slo.tpot_s, interrupted)
     out = Path(args.out) if args.out else default_out_dir(loaded.name)

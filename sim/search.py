@@ -1,7 +1,7 @@
 """``python -m sim.search SCENARIO.yaml [--out DIR] [--workers N] [--ray ADDRESS]``: Select-N's offline search across workloads.
 
 Sweeps static offloading intervals x workloads (Poisson arrival rates x length mixes) x SLO levels, in
-parallel on every core (`sim.sweep`), and reports for each workload and SLO level the range of intervals
+parallel on every core (`sim.pools`), and reports for each workload and SLO level the range of intervals
 whose SLO attainment reaches the target, with the throughput at each. Writes ``search.csv`` and a
 self-contained ``search.html`` (heat maps of SLO attainment and throughput over interval x load).
 
@@ -35,10 +35,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .api import PolicySpec, simulate
-from .scenario import Length, LoadedScenario, ScenarioError, load_scenario
-from .sweep import SweepExecutor, make_executor
-from .workload import Poisson, SyntheticWorkload
+from sim.api import PolicySpec, simulate
+from sim.config.scenario import Length, LoadedScenario, ScenarioError, load_scenario
+from sim.core.workload import Poisson, SyntheticWorkload
+from sim.pools.local import SweepExecutor, make_executor
 
 
 class _Strict(BaseModel):
@@ -79,7 +79,7 @@ def _config(sc: LoadedScenario) -> SearchConfig:
     if bad:
         raise ScenarioError(f"{sc.path.name}: search.intervals: must be >= 1 (> {L} = nothing offloaded), got {bad}")
     if not cfg.intervals:
-        from .record import efficient_intervals
+        from sim.policies.selectn.performance_record import efficient_intervals
         cfg.intervals = list(efficient_intervals(L))
     if cfg.mixes == [] and (sc.sc.workload is None or sc.sc.workload.prompt is None):
         raise ScenarioError(f"{sc.path.name}: search.mixes: needed (the scenario's workload has no prompt/output)")

@@ -12,8 +12,8 @@ from backend.executor import IterationRecord, OffloadExecutor
 from backend.kv import PaddedKVCache, StepInputs
 from backend.streams import Streams
 from backend.weights import ModelWeights
-from sim.model import ModelSpec
-from sim.plan import OffloadPlan
+from sim.core.model import ModelSpec
+from sim.core.offload_plan import OffloadPlan
 
 L = 5
 ROOT = Path(__file__).resolve().parents[1]

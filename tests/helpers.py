@@ -6,9 +6,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from sim.cost import BatchShape
-from sim.hardware import HardwareSpec
-from sim.model import ModelSpec
+from sim.core.batch import BatchShape
+from sim.core.hardware import HardwareSpec
+from sim.core.model import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from sim.api import SLO, PolicySpec, simulate
-from sim.workload import LogNormal, Poisson, SyntheticWorkload
+from sim.core.workload import LogNormal, Poisson, SyntheticWorkload
 
 SUMMARY_KEYS = {"requests", "finished", "rejected", "throughput_tokens_per_s", "throughput_requests_per_s",
                 "slo_attainment", "ttft_s", "tpot_s", "e2e_s", "gpu_memory_peak_bytes", "host_memory_peak_bytes",
@@ -76,7 +76,7 @@ def test_two_gpus_on_one_bus_contend():
 
 
 def test_handlers_select_the_preemption_mode():
-    from sim.memory import EngineConfig
+    from sim.engine.memory import EngineConfig
 
     rs = SyntheticWorkload(Poisson(8.0), LogNormal(1500, 0.5, 16, 3000), LogNormal(300, 0.5, 1, 800), 20.0).generate(4)
     small = EngineConfig(gpu_memory_utilization=0.75)  # ~2.5 GB of KV on an A10: preemptions happen

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+
 from backend import profile, run
 from backend.timing import read_csv
+from sim.config.experiments import load_experiment_file, read_rows
+from sim.core.timeline import Timeline
+
 from .backend_cases import ROOT, SMOKE
-from sim.experiments import load_experiment_file, read_rows
-from sim.timeline import Timeline
 
 PROVENANCE = {"device", "gpu", "driver", "torch", "cuda", "date", "command", "dtype"}
 

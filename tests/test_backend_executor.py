@@ -13,9 +13,10 @@ from backend.executor import OffloadExecutor
 from backend.kv import PaddedKVCache, StepInputs
 from backend.streams import HostStreams
 from backend.weights import ModelWeights
+from sim.core.offload_plan import OffloadPlan
+from sim.engine.iteration import compile_copies, run_closed_form
+
 from .backend_cases import L, check_dependencies, plan_sequences, prefill_then_decode, small_spec
-from sim.iteration import compile_copies, run_closed_form
-from sim.plan import OffloadPlan
 
 SEQS = plan_sequences()
 

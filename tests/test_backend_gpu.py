@@ -9,9 +9,10 @@ from backend import profile, run
 from backend.executor import OffloadExecutor, host_alias
 from backend.timing import read_csv
 from backend.weights import ModelWeights
-from .backend_cases import L, ROOT, SMOKE, check_dependencies, plan_sequences, prefill_then_decode, small_spec
-from sim.experiments import read_rows
-from sim.plan import OffloadPlan
+from sim.config.experiments import read_rows
+from sim.core.offload_plan import OffloadPlan
+
+from .backend_cases import ROOT, SMOKE, L, check_dependencies, plan_sequences, prefill_then_decode, small_spec
 
 pytestmark = pytest.mark.gpu
 

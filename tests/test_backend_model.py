@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
+from backend.executor import OffloadExecutor
 from backend.kv import PaddedKVCache, StepInputs
 from backend.model import attention, linear
 from backend.weights import LayerLayout, ModelWeights, SplitRows
+from sim.core.model import PRESETS
+from sim.core.offload_plan import OffloadPlan
+
 from .backend_cases import PROMPTS, small_spec
-from backend.executor import OffloadExecutor
-from sim.model import PRESETS
-from sim.plan import OffloadPlan
 
 
 @pytest.mark.parametrize("name", ["llama-2-7b", "llama-3-8b", "qwen2.5-7b", "opt-6.7b", "opt-13b"])

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from calibration.fit import PARAM_SPECS, fit_params, main as fit_main, predict
+from calibration.fit import PARAM_SPECS, fit_params, predict
+from calibration.fit import main as fit_main
 from calibration.measurements import COLUMNS, read_layer_times, vidur_files
-from sim.cost_calibrated import CalibratedParams
-from sim.hardware import get_hardware
-from sim.layer_physics import gpu_constants, linear_op_times
-from sim.model import get_model
+from sim.core.hardware import get_hardware
+from sim.core.model import get_model
+from sim.cost.params import CalibratedParams
+from sim.cost.physics import gpu_constants, linear_op_times
 
 FIX = Path(__file__).parent / "fixtures"
 TRUE = CalibratedParams(

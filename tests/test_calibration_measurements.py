@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 
 from calibration.fit import fit_link
-from calibration.measurements import (COLUMNS, MeasurementError, OP_GROUPS, gpu_from_name, load_measurements,
-                                      read_copy_bandwidth, read_layer_times, read_vidur_linear_ops,
-                                      shared_data_dir, vidur_files)
+from calibration.measurements import (
+    COLUMNS,
+    OP_GROUPS,
+    MeasurementError,
+    gpu_from_name,
+    load_measurements,
+    read_copy_bandwidth,
+    read_layer_times,
+    read_vidur_linear_ops,
+    shared_data_dir,
+    vidur_files,
+)
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -78,7 +87,7 @@ def test_layer_times_unknown_gpu_needs_override(tmp_path):
 def test_layer_times_of_a_model_from_a_config_json(tmp_path):
     """A model the profiler read from a config.json is rebuilt from the copy beside the CSV (the fit needs
     its shape), and without that copy the error names the file."""
-    from sim.model import get_model
+    from sim.core.model import get_model
 
     smoke = Path(__file__).resolve().parents[1] / "scenarios" / "backend_smoke_model.json"
     p = tmp_path / "layer_times.csv"

@@ -7,12 +7,21 @@ import numpy as np
 import pytest
 import yaml
 
-from sim.cost import BatchShape, CostModel, RooflineCostModel
-from sim.cost_calibrated import (REPO_ROOT, CalibratedCostModel, CalibratedParams, Profile, ProfileError,
-                                 apply_profile_link, load_profile, make_cost_model)
-from sim.experiments import FixedBatchExperiment, simulate_fixed_batch
-from sim.hardware import get_hardware
-from sim.model import get_model
+from sim.config.experiments import FixedBatchExperiment, simulate_fixed_batch
+from sim.core.batch import BatchShape
+from sim.core.hardware import get_hardware
+from sim.core.model import get_model
+from sim.cost.base import CostModel
+from sim.cost.calibrated import (
+    REPO_ROOT,
+    CalibratedCostModel,
+    Profile,
+    apply_profile_link,
+    load_profile,
+    make_cost_model,
+)
+from sim.cost.params import CalibratedParams, ProfileError
+from sim.cost.roofline import RooflineCostModel
 
 PARAMS = CalibratedParams(compute_efficiency=0.7, memory_efficiency=0.9, gemm_overhead_s=7e-6,
                           norm_efficiency=0.3, attention_efficiency=0.45)
@@ -117,7 +126,7 @@ def test_vectorised_and_scalar_agree():
 
 def test_scenario_names_a_profile(tmp_path):
     """`hardware: {gpu, profile}` in a scenario switches the simulator to the calibrated cost model."""
-    from sim.scenario import load_scenario
+    from sim.config.scenario import load_scenario
 
     body = """
 model: llama-2-7b
@@ -141,7 +150,7 @@ def test_gemm_time_is_the_fastest_kernel():
     # Llama-2-70B's down projection (K 28,672, N 8,192) at 128 tokens on H100, at peak: 128x256 tiles give
     # 32 tiles (a quarter of the 132 SMs) of the full K; split-K adds partial-sum traffic; the 64x128 kernel
     # without split fills 128 SMs in one wave: 2 x 64 x 128 x 28,672 FLOP at peak / SM is the fastest
-    from sim.layer_physics import gemm_dram_bytes, gemm_kernel_times, gemm_time, gpu_constants
+    from sim.cost.physics import gemm_dram_bytes, gemm_kernel_times, gemm_time, gpu_constants
 
     hw, c = get_hardware("h100-sxm"), gpu_constants("h100-sxm")
     p = CalibratedParams(compute_efficiency=1.0, memory_efficiency=1.0, gemm_overhead_s=0.0, knee_sharpness=30.0)
@@ -169,7 +178,7 @@ def test_gemm_stream_bandwidth_is_littles_law():
     # keeps 4,096 output columns streaming (16 CTAs of 256 columns or 32 of 128; split-K adds none), each
     # column 512 bytes in flight, i.e. 2 MiB per 0.1 us on top of the HBM time: the 33,816,576 bytes
     # (weights, 16 x 4,096 in and out, fp16) take 33,816,576 / 3.35 TB/s + 16.125 x 0.1 us = 11.707 us
-    from sim.layer_physics import gemm_stream_bandwidth, gemm_time, gpu_constants
+    from sim.cost.physics import gemm_stream_bandwidth, gemm_time, gpu_constants
 
     hw, c = get_hardware("h100-sxm"), gpu_constants("h100-sxm")
     p = CalibratedParams(compute_efficiency=1.0, memory_efficiency=1.0, gemm_overhead_s=0.0, knee_sharpness=30.0,

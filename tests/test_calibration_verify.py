@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
-from calibration.verify import main as verify_main, scenario_hardware, verify
-from sim.cost_calibrated import make_cost_model
-from sim.experiments import load_experiment_file, simulate_fixed_batch, write_rows
-from sim.hardware import get_hardware
-from sim.timeline import Timeline
+from calibration.verify import main as verify_main
+from calibration.verify import scenario_hardware, verify
+from sim.config.experiments import load_experiment_file, simulate_fixed_batch, write_rows
+from sim.core.hardware import get_hardware
+from sim.core.timeline import Timeline
+from sim.cost.calibrated import make_cost_model
 
 PROFILE = "calibration/profiles/h100-sxm.yaml"
 SCENARIO = {

@@ -5,14 +5,15 @@ layer held by some member of every group), and at the end (every request in exac
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from sim.cluster import Cluster, DemandQueue
-from sim.deployment import Deployment
+from sim.core.request import Request, State
+from sim.engine.cluster import Cluster, DemandQueue
+from sim.engine.deployment import Deployment
+from sim.engine.memory import EngineConfig
 from sim.handlers import make_handler
-from sim.memory import EngineConfig
 from sim.policies import make_policy
-from sim.request import Request, State
 
 from .helpers import ConstCost, tiny_hw, tiny_model
 from .test_engine import gpu_bytes_for_blocks

@@ -3,9 +3,10 @@
 import pandas as pd
 import pytest
 
-from sim.cost import BatchShape, RooflineCostModel
-from sim.hardware import PRESETS as HW
-from sim.model import PRESETS
+from sim.core.batch import BatchShape
+from sim.core.hardware import PRESETS as HW
+from sim.core.model import PRESETS
+from sim.cost.roofline import RooflineCostModel
 
 OPS = ["input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
        "mlp_up_proj", "mlp_act", "mlp_down_proj", "add"]

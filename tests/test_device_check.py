@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.cost_calibrated import load_profile
-from sim.experiments import load_experiment_file
+from sim.config.experiments import load_experiment_file
+from sim.cost.calibrated import load_profile
+
 from .backend_cases import ROOT, SMOKE
 
 SCRIPT = ROOT / "scripts" / "device_check.sh"

@@ -3,14 +3,15 @@
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from sim.deployment import Deployment
-from sim.kv import BlockManager, KVCacheError
-from sim.memory import EngineConfig, MemoryLayout, ModelDoesNotFit
-from sim.plan import OffloadPlan
+from sim.core.offload_plan import OffloadPlan
+from sim.core.request import Request, State
+from sim.engine.deployment import Deployment
+from sim.engine.kv import BlockManager, KVCacheError
+from sim.engine.memory import EngineConfig, MemoryLayout, ModelDoesNotFit
 from sim.policies import make_policy
-from sim.request import Request, State
 
 from .helpers import ConstCost, tiny_hw, tiny_model
 

@@ -1,11 +1,12 @@
 """The iteration executor: hand-computed timelines and closed form = event level, exactly."""
 
 import simpy
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sim.iteration import compile_copies, run_closed_form, run_events
-from sim.link import Fabric
-from sim.plan import OffloadPlan
+from sim.core.offload_plan import OffloadPlan
+from sim.engine.iteration import compile_copies, run_closed_form, run_events
+from sim.engine.link import Fabric
 
 
 def fabric(rate: float, bus_rate: float | None = None) -> tuple[simpy.Environment, Fabric]:

@@ -3,21 +3,27 @@ doing what the pure functions say."""
 
 import pytest
 
-from sim.cluster import Cluster
-from sim.cost import BatchShape
+from sim.core.batch import BatchShape
+from sim.core.hardware import get_hardware
+from sim.core.model import get_model
+from sim.core.request import Request, State
+from sim.engine.cluster import Cluster
+from sim.engine.memory import EngineConfig
 from sim.handlers import make_handler
 from sim.handlers.kunserve import KunServeParams, capacity_gain_tokens, group_capacity_blocks
 from sim.handlers.kunserve.drop_plan import InstanceLoad, drop_plan
 from sim.handlers.kunserve.group import PipelineGroup
-from sim.handlers.kunserve.pipeline import (StepWork, fcfs_micro_batches, lookahead_micro_batches, pipeline_schedule,
-                                            plan_step, stage_slices)
+from sim.handlers.kunserve.pipeline import (
+    StepWork,
+    fcfs_micro_batches,
+    lookahead_micro_batches,
+    pipeline_schedule,
+    plan_step,
+    stage_slices,
+)
 from sim.handlers.kunserve.restore import restore, restore_copy_time
 from sim.handlers.kunserve.trigger import DemandWindow, votes_to_drop
-from sim.hardware import get_hardware
-from sim.memory import EngineConfig
-from sim.model import get_model
 from sim.policies import make_policy
-from sim.request import Request, State
 
 from .helpers import ConstCost, tiny_hw, tiny_model
 from .test_engine import gpu_bytes_for_blocks
@@ -166,7 +172,7 @@ def test_lookahead_cuts_bubbles_on_llama():
     """On Llama-2-13B / A100, a step with two long prompts and 200 decodes: balanced micro-batches need
     much less bubble time than FCFS ones, synchronous or overlapped."""
     m, hw = get_model("llama-2-13b"), get_hardware("a100-80g")
-    from sim.cost import RooflineCostModel
+    from sim.cost.roofline import RooflineCostModel
     cost = RooflineCostModel(m, hw)
     w = StepWork(((2000, 0), (500, 0)), 200, 200 * 1300)
     for overlap in (False, True):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sim.scenario import load_scenario
+from sim.config.scenario import load_scenario
 
 from .helpers import REPO, shared_dir
 

@@ -3,8 +3,8 @@
 import pytest
 import simpy
 
-from sim.hardware import PRESETS as HW
-from sim.link import Fabric, HostMemory, HostMemoryError
+from sim.core.hardware import PRESETS as HW
+from sim.engine.link import Fabric, HostMemory, HostMemoryError
 
 
 def run_transfers(cap, specs):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sim.plan import OffloadPlan, PlanError
+from sim.core.offload_plan import OffloadPlan, PlanError
 
 from .helpers import tiny_model
 

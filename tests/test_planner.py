@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sim.planner.bisect import RateSearch, dominated_by, max_passing
+from sim.config.schema import ScenarioError
+from sim.planner.capacity_search import CapacitySearch
 from sim.planner.cli import write_outputs
 from sim.planner.config import load_plan
 from sim.planner.evaluate import EvalTask, evaluate
-from sim.planner.search import CapacitySearch
+from sim.planner.rate_search import RateSearch, dominated_by, max_passing
 from sim.planner.space import enumerate_space, hardware, rate_grid, roofline_rate, uses_host_memory
 from sim.planner.tables import configs_frame, front_of, pareto, usd_per_million_tokens
-from sim.scenario_schema import ScenarioError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +132,7 @@ def test_prices_and_host_memory_by_hand(toy_plan) -> None:
 
 
 def test_roofline_estimate_scales_with_replicas(toy_plan) -> None:
-    from sim.memory import EngineConfig
+    from sim.engine.memory import EngineConfig
     m = toy_plan.models["m"]
     one = roofline_rate(m, hardware("a100-80g", 16, 1), EngineConfig(), 1, 500, 100)
     assert one > 0
@@ -228,7 +229,7 @@ def test_an_error_keeps_its_proven_rate_on_the_front_and_in_the_cheapest_table(t
     job = next(j for j in res.jobs if j.cand.id == victim)
     assert job.status == "error" and job.search.max_rate > 0
     front = front_of(res, "m")
-    from sim.planner.search import cheapest
+    from sim.planner.capacity_search import cheapest
     best = cheapest(res.jobs, "m", job.search.max_rate)
     assert best is not None and best.cand.id in front  # the table and the front agree
 
@@ -348,8 +349,8 @@ def _run(plan_path: Path, out: Path, ex) -> dict[str, bytes]:
 
 def test_serial_local_and_ray_pools_give_identical_results(tiny: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    from sim.sweep import LocalPool, SerialPool
-    from sim.sweep_ray import RayPool
+    from sim.pools.local import LocalPool, SerialPool
+    from sim.pools.ray_pool import RayPool
 
     serial = _run(tiny, tmp_path / "serial", SerialPool())
     local = _run(tiny, tmp_path / "local", LocalPool(2))

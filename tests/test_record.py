@@ -3,15 +3,17 @@
 import numpy as np
 import pytest
 import simpy
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from sim.cost import BatchShape, RooflineCostModel
-from sim.hardware import get_hardware
-from sim.iteration import compile_copies, run_events
-from sim.link import Fabric
-from sim.memory import EngineConfig
-from sim.model import get_model
-from sim.record import PerformanceRecord, efficient_intervals, plan_for_interval
+from sim.core.batch import BatchShape
+from sim.core.hardware import get_hardware
+from sim.core.model import get_model
+from sim.cost.roofline import RooflineCostModel
+from sim.engine.iteration import compile_copies, run_events
+from sim.engine.link import Fabric
+from sim.engine.memory import EngineConfig
+from sim.policies.selectn.performance_record import PerformanceRecord, efficient_intervals, plan_for_interval
 
 from .helpers import FIXTURES, ConstCost, tiny_hw, tiny_model
 
@@ -161,7 +163,7 @@ def test_measured_record_from_the_profiler_csv():
 
 
 def test_record_cli_builds_prints_and_saves(tmp_path, capsys):
-    from sim.record_cli import main
+    from sim.record import main
 
     from .helpers import REPO
 
@@ -174,7 +176,7 @@ def test_record_cli_builds_prints_and_saves(tmp_path, capsys):
 
 def test_record_cli_takes_the_scenarios_staging_and_one_file_per_model(tmp_path, capsys):
     """(c) runs two models and stages Select-N's layers in 8 pieces: two records, beside --out, in pieces."""
-    from sim.record_cli import main
+    from sim.record import main
 
     from .helpers import REPO
 

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from sim.api import SLO, PolicySpec, simulate
+from sim.core.workload import Burst, LogNormal, Poisson, SyntheticWorkload
 from sim.report import PolicyData, ReportData, verdict
 from sim.report.html import SECTIONS, render
 from sim.report.verdict import times
-from sim.workload import Burst, LogNormal, Poisson, SyntheticWorkload
 
 
 def summ(att: float, tput: float, **kw) -> dict:

@@ -2,8 +2,8 @@
 run, Ctrl-C, and the shipped scenarios' headline relations."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sim.scenario import load_scenario
+from sim.config.scenario import load_scenario
 
 from .helpers import REPO, run_cli, shared_dir
 

@@ -6,10 +6,11 @@ import shutil
 
 import pytest
 
-from sim.cost import BatchShape, RooflineCostModel
-from sim.hardware import get_hardware
-from sim.model import get_model
-from sim.scenario import ScenarioError, load_scenario
+from sim.config.scenario import ScenarioError, load_scenario
+from sim.core.batch import BatchShape
+from sim.core.hardware import get_hardware
+from sim.core.model import get_model
+from sim.cost.roofline import RooflineCostModel
 
 from .helpers import FIXTURES, run_cli
 

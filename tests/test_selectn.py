@@ -2,20 +2,22 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sim.api import SLO, PolicySpec, simulate
-from sim.cost import BatchShape, RooflineCostModel
-from sim.deployment import Deployment
-from sim.hardware import get_hardware
-from sim.memory import EngineConfig
-from sim.model import get_model
-from sim.plan import OffloadPlan
+from sim.core.batch import BatchShape
+from sim.core.hardware import get_hardware
+from sim.core.model import get_model
+from sim.core.offload_plan import OffloadPlan
+from sim.core.request import Request, State
+from sim.core.workload import Batch, Fixed, SyntheticWorkload
+from sim.cost.roofline import RooflineCostModel
+from sim.engine.deployment import Deployment
+from sim.engine.memory import EngineConfig
+from sim.engine.policy import InstanceContext
 from sim.policies import make_policy
-from sim.policies.base import InstanceContext
-from sim.policies.coordinator import BusCoordinator, Candidate, bus_others, choose, idle_candidate
-from sim.request import Request, State
-from sim.workload import Batch, Fixed, SyntheticWorkload
+from sim.policies.selectn.coordinator import BusCoordinator, Candidate, bus_others, choose, idle_candidate
 
 from .helpers import ConstCost, tiny_hw, tiny_model
 
@@ -249,7 +251,7 @@ def test_a_long_ttft_budget_does_not_buy_a_prefill_plan_the_decode_plan_would_co
 
 def test_staging_in_pieces_is_checked_against_the_record(tmp_path):
     """A saved record stages layers one way; a policy asking for another is refused, naming both."""
-    from sim.record import PerformanceRecord
+    from sim.policies.selectn.performance_record import PerformanceRecord
 
     cfg = EngineConfig(max_num_batched_tokens=64, max_num_seqs=4)
     rec = PerformanceRecord.build(tiny_model(), tiny_hw(1e7), ConstCost(), cfg, batch_sizes=(1, 4), seq_lens=(16, 32))

@@ -13,9 +13,9 @@ import time
 import pytest
 import yaml
 
-from sim.scenario import LoadedScenario, Scenario, load_scenario
+from sim.config.scenario import LoadedScenario, Scenario, load_scenario
+from sim.pools.local import LocalPool, SerialPool
 from sim.search import search, summarize, write_html
-from sim.sweep import LocalPool, SerialPool
 
 from .helpers import REPO
 

@@ -2,9 +2,10 @@
 
 import pytest
 
-from sim.hardware import PRESETS as HW, HardwareSpecError, get_hardware
-from sim.model import PRESETS, ModelSpecError, from_hf_config, get_model
-from sim.units import KiB
+from sim.core.hardware import PRESETS as HW
+from sim.core.hardware import HardwareSpecError, get_hardware
+from sim.core.model import PRESETS, ModelSpecError, from_hf_config, get_model
+from sim.core.units import KiB
 
 from .helpers import FIXTURES
 

@@ -1,4 +1,4 @@
-"""The sweep pools (`sim.sweep`, `sim.sweep_ray`) give the same results as running the items in-process:
+"""The sweep pools (`sim.pools`, `sim.sweep_ray`) give the same results as running the items in-process:
 ``map`` in input order, ``imap_unordered`` every index once with its own result, and fn's exceptions
 propagate with their own type. Ray runs on a local two-CPU instance (skipped where Ray is not installed)."""
 
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from sim.api import PolicySpec, simulate
+from sim.core.workload import LogNormal, Poisson, SyntheticWorkload
+from sim.pools.local import LocalPool, SerialPool, SweepExecutor, make_executor
 from sim.search import search
-from sim.sweep import LocalPool, SerialPool, SweepExecutor, make_executor
-from sim.workload import LogNormal, Poisson, SyntheticWorkload
 
 REPO = Path(__file__).resolve().parents[1]
 POOLS = ["serial", "local", "ray"]
@@ -78,7 +78,7 @@ def _make(kind: str, request: pytest.FixtureRequest) -> SweepExecutor:
     if kind == "local":
         return LocalPool(2)
     request.getfixturevalue("ray_cluster")
-    from sim.sweep_ray import RayPool
+    from sim.pools.ray_pool import RayPool
 
     return RayPool()
 
@@ -128,7 +128,7 @@ def test_pools_work_without_with(kind: str, request: pytest.FixtureRequest) -> N
 def test_ray_pool_leaves_a_ray_it_did_not_start_running(ray_cluster: None) -> None:
     import ray
 
-    from sim.sweep_ray import RayPool
+    from sim.pools.ray_pool import RayPool
 
     with RayPool(address="local", workers=1) as p:  # Ray is up: used as is, `workers` caps concurrency
         assert p.workers == 1
@@ -137,7 +137,7 @@ def test_ray_pool_leaves_a_ray_it_did_not_start_running(ray_cluster: None) -> No
 
 
 def test_search_on_ray_equals_search_in_process(tmp_path: Path, ray_cluster: None) -> None:
-    from sim.sweep_ray import RayPool
+    from sim.pools.ray_pool import RayPool
     from tests.test_selectn_scenarios import _small_search_scenario
 
     sc = _small_search_scenario(tmp_path, [2, 8, 33], ["short"], [1.5])
@@ -153,7 +153,7 @@ def test_make_executor() -> None:
 
 
 def test_sweep_does_not_import_ray() -> None:
-    code = "import sys, sim.sweep, sim.search; assert 'ray' not in sys.modules"
+    code = "import sys, sim.pools.local, sim.search; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

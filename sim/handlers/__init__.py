@@ -1,7 +1,7 @@
 """Memory-overload handlers by name: what a deployment does when KV demand exceeds GPU memory.
 
 ``recompute`` and ``swap`` are vLLM's preemption modes (engine settings). Handlers that act across
-instances attach a controller process to the deployment (a `sim.cluster.Cluster`): ``migrate`` (Llumnix's
+instances attach a controller process to the deployment (a `sim.engine.cluster.Cluster`): ``migrate`` (Llumnix's
 live migration), ``kunserve`` (parameter dropping); ``infercept`` chooses per preempted request.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import OverloadHandler, Recompute, Swap
-from .infercept import Infercept
-from .kunserve import KunServe
-from .migrate import Migrate
+from sim.engine.handler import OverloadHandler
+from sim.handlers.infercept import Infercept
+from sim.handlers.kunserve import KunServe
+from sim.handlers.migrate import Migrate
+from sim.handlers.preemption import Recompute, Swap
 
 HandlerFactory = Callable[..., OverloadHandler]
 

@@ -25,15 +25,15 @@ from collections import Counter, deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..cost import BatchShape
-from ..request import Request, State
-from ..scheduler import ScheduledBatch, Scheduler
-from .base import OverloadHandler
+from sim.core.batch import BatchShape
+from sim.core.request import Request, State
+from sim.engine.handler import OverloadHandler
+from sim.engine.scheduler import ScheduledBatch, Scheduler
 
 if TYPE_CHECKING:
-    from ..cluster import ClusterInstance
-    from ..cost import CostModel
-    from ..deployment import Deployment
+    from sim.cost.base import CostModel
+    from sim.engine.cluster import ClusterInstance
+    from sim.engine.deployment import Deployment
 
 
 class WasteEstimator:

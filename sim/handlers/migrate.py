@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, Generator
 
 import simpy
 
-from .base import OverloadHandler
+from sim.engine.handler import OverloadHandler
 
 if TYPE_CHECKING:
-    from ..cluster import Cluster, ClusterInstance
-    from ..deployment import Deployment
-    from ..request import Request
+    from sim.core.request import Request
+    from sim.engine.cluster import Cluster, ClusterInstance
+    from sim.engine.deployment import Deployment
 
 
 class Migrate(OverloadHandler):
@@ -43,11 +43,11 @@ class Migrate(OverloadHandler):
         return {"preemption": "recompute"}
 
     def attach(self, deployment: "Deployment") -> None:
-        from ..cluster import Cluster
+        from sim.engine.cluster import Cluster
 
         super().attach(deployment)
         if not isinstance(deployment, Cluster):
-            raise ValueError("migrate needs a sim.cluster.Cluster deployment")
+            raise ValueError("migrate needs a sim.engine.cluster.Cluster deployment")
         self.cluster: Cluster = deployment
         self.inflight: dict[int, int] = {i.gpu: 0 for i in deployment.instances}
         self.moving: set[int] = set()

@@ -1,14 +1,14 @@
 """What-if capacity planning: the cheapest deployment (GPU type, count, host memory, offload policy,
 overload handler) that sustains each planned request rate under the SLOs, found by simulation.
 
-    python -m sim.plan scenarios/capacity.yaml [--workers N | --ray auto] [--resume]
+    python -m sim.planner scenarios/capacity.yaml [--workers N | --ray auto] [--resume]
 
 Modules: `config` (the plan file), `space` (candidates, prices, static pruning, rate bound), `bisect`
 (rate search and dominance), `evaluate` (one simulation), `search` (rounds on a worker pool, resume),
 `tables` and `report` (the answer), `cli`.
 """
 
-from .config import CapacityPlan, LoadedPlan, load_plan
-from .search import CapacitySearch, SearchResult
+from sim.planner.capacity_search import CapacitySearch, SearchResult
+from sim.planner.config import CapacityPlan, LoadedPlan, load_plan
 
 __all__ = ["CapacityPlan", "LoadedPlan", "load_plan", "CapacitySearch", "SearchResult"]

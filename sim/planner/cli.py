@@ -1,4 +1,4 @@
-"""``python -m sim.plan PLAN.yaml``: the cheapest deployment per planned rate, the cost/throughput Pareto
+"""``python -m sim.planner PLAN.yaml``: the cheapest deployment per planned rate, the cost/throughput Pareto
 front and the chosen deployment's burst headroom (see `sim.planner`).
 
 Writes to the output folder: ``configs.csv`` (one row per configuration), ``cheapest.csv`` (per model and
@@ -15,11 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from ..scenario_schema import ScenarioError
-from ..sweep import make_executor
-from . import report, tables
-from .config import load_plan
-from .search import CapacitySearch, SearchResult
+from sim.config.schema import ScenarioError
+from sim.planner import report, tables
+from sim.planner.capacity_search import CapacitySearch, SearchResult
+from sim.planner.config import load_plan
+from sim.pools.local import make_executor
 
 
 def write_outputs(res: SearchResult, out: Path) -> dict:
@@ -59,7 +59,7 @@ def _progress(quiet: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.plan", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sim.planner", description=__doc__.splitlines()[0])
     ap.add_argument("plan", help="capacity-planning YAML (e.g. scenarios/capacity.yaml)")
     ap.add_argument("--out", metavar="DIR", help="output folder (default: reports/<plan>-plan/)")
     ap.add_argument("--workers", type=int, help="processes (default: all cores; 1 runs in this process)")

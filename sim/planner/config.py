@@ -13,12 +13,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..hardware import HardwareSpecError, get_hardware
-from ..model import ModelSpec, ModelSpecError, get_model
-from ..scenario_schema import CompareEntry, EngineSettings, Length, ScenarioError, _format
-from ..scenario import length_dist, read_yaml_mapping, resolve_beside
-from ..workload import LengthDist
-
+from sim.config.scenario import length_dist, read_yaml_mapping, resolve_beside
+from sim.config.schema import CompareEntry, EngineSettings, Length, ScenarioError, _format
+from sim.core.hardware import HardwareSpecError, get_hardware
+from sim.core.model import ModelSpec, ModelSpecError, get_model
+from sim.core.workload import LengthDist
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 

@@ -2,7 +2,7 @@
 with a burst on top) and say whether it meets the SLO target.
 
 `EvalTask` carries everything a worker needs (plain picklable data: it travels to processes and to Ray
-workers), and `evaluate` is a top-level function of it, so any `sim.sweep` pool can run it. Runs stop early
+workers), and `evaluate` is a top-level function of it, so any `sim.pools` pool can run it. Runs stop early
 once the target is out of reach (enough requests have already missed their SLO), which makes the failing
 half of a bisection cheap. Exceptions become a recorded ``error`` instead of stopping the sweep.
 """
@@ -16,13 +16,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..api import SLO, PolicySpec, build_deployment, simulate
-from ..cost import RooflineCostModel
-from ..memory import EngineConfig
-from ..model import ModelSpec
-from ..request import Request, State
-from ..workload import Burst, LengthDist, Poisson, SyntheticWorkload
-from .space import hardware
+from sim.api import SLO, PolicySpec, build_deployment, simulate
+from sim.core.model import ModelSpec
+from sim.core.request import Request, State
+from sim.core.workload import Burst, LengthDist, Poisson, SyntheticWorkload
+from sim.cost.roofline import RooflineCostModel
+from sim.engine.memory import EngineConfig
+from sim.planner.space import hardware
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import BatchShape, RooflineCostModel
-from ..hardware import HardwareSpec, get_hardware
-from ..memory import EngineConfig, workspace_bytes
-from ..model import ModelSpec
-from ..units import GiB
-from .config import LoadedPlan, Strategy
+from sim.core.batch import BatchShape
+from sim.core.hardware import HardwareSpec, get_hardware
+from sim.core.model import ModelSpec
+from sim.core.units import GiB
+from sim.cost.roofline import RooflineCostModel
+from sim.engine.memory import EngineConfig, workspace_bytes
+from sim.planner.config import LoadedPlan, Strategy
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from .search import Job, SearchResult, cheapest, tie_order
-from .space import mean_lengths
+from sim.planner.capacity_search import Job, SearchResult, cheapest, tie_order
+from sim.planner.space import mean_lengths
 
 
 def usd_per_million_tokens(usd_per_hour: float, tokens_per_s: float) -> float | None:

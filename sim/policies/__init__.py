@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .base import DeepSpeed, InstanceContext, NoOffload, OffloadPolicy, SelectNStatic, Uva
-from .flexgen import FlexGenSLO
-from .prefetch import GroupPrefetch
-from .selectn import SelectN
+from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.policies.flexgen import FlexGenSLO
+from sim.policies.prefetch import GroupPrefetch
+from sim.policies.selectn.controller import SelectN
+from sim.policies.static import DeepSpeed, NoOffload, SelectNStatic, Uva
 
 PolicyFactory = Callable[..., OffloadPolicy]
 

@@ -25,16 +25,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..cost import BatchShape, RooflineCostModel
-from ..iteration import compile_copies, run_closed_form
-from ..memory import MemoryLayout
-from ..plan import OffloadPlan
-from ..scheduler import DEFER
-from .base import InstanceContext, OffloadPolicy
+from sim.core.batch import BatchShape
+from sim.core.offload_plan import OffloadPlan
+from sim.cost.roofline import RooflineCostModel
+from sim.engine.iteration import compile_copies, run_closed_form
+from sim.engine.memory import MemoryLayout
+from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.engine.scheduler import DEFER
 
 if TYPE_CHECKING:
-    from ..instance import Instance
-    from ..request import Request
+    from sim.core.request import Request
+    from sim.engine.instance import Instance
 
 INF = float("inf")
 

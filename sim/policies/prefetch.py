@@ -3,8 +3,8 @@ prefetch step s (`OffloadPlan.prefetch_groups`)."""
 
 from __future__ import annotations
 
-from ..plan import OffloadPlan, PlanError
-from .base import InstanceContext, OffloadPolicy
+from sim.core.offload_plan import OffloadPlan, PlanError
+from sim.engine.policy import InstanceContext, OffloadPolicy
 
 
 class GroupPrefetch(OffloadPolicy):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import PolicyData, ReportData
-from .verdict import verdict
+from sim.report.data import PolicyData, ReportData
+from sim.report.verdict import verdict
 
 
 def write_report(path: str | Path, data: ReportData) -> Path:
     """Render the report and write it as one self-contained HTML file."""
-    from .html import render  # plotly is imported only when a report is written
+    from sim.report.html import render  # plotly is imported only when a report is written
 
     path = Path(path)
     path.write_text(render(data), encoding="utf-8")

@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import ReportData, on_grid, rate_on_grid, time_grid
+from sim.report.data import ReportData, on_grid, rate_on_grid, time_grid
 
 DASHES = ("solid", "dash", "dot", "dashdot")
 

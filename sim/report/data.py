@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from ..api import PolicyRun
-    from ..scenario import LoadedScenario
+    from sim.api import PolicyRun
+    from sim.config.scenario import LoadedScenario
 
 GiB = 2**30
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",

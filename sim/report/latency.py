@@ -8,7 +8,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import ReportData, cdf_points, thin
+from sim.report.data import ReportData, cdf_points, thin
 
 
 def slo_line(x: list[float], y: list[float], label: str, where: str) -> go.Scatter:

@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .data import PolicyData, ReportData, on_grid, time_grid
+from sim.report.data import PolicyData, ReportData, on_grid, time_grid
 
 
 def shown(data: ReportData) -> bool:

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..base import OverloadHandler
-from .controller import Controller
-from .drop_plan import capacity_gain_tokens, drop_plan, group_capacity_blocks
-from .pipeline import plan_step, stage_slices
-from .restore import restore_copy_time
+from sim.engine.handler import OverloadHandler
+from sim.handlers.kunserve.controller import Controller
+from sim.handlers.kunserve.drop_plan import capacity_gain_tokens, drop_plan, group_capacity_blocks
+from sim.handlers.kunserve.pipeline import plan_step, stage_slices
+from sim.handlers.kunserve.restore import restore_copy_time
 
 if TYPE_CHECKING:
-    from ...deployment import Deployment
+    from sim.engine.deployment import Deployment
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ class KunServe(OverloadHandler):
         return {"preemption": "recompute"}
 
     def attach(self, deployment: "Deployment") -> None:
-        from ...cluster import Cluster
+        from sim.engine.cluster import Cluster
 
         super().attach(deployment)
         if not isinstance(deployment, Cluster):
-            raise ValueError("kunserve needs a sim.cluster.Cluster deployment")
+            raise ValueError("kunserve needs a sim.engine.cluster.Cluster deployment")
         for inst in deployment.instances:
             if inst.plan.offloaded:
                 raise ValueError("kunserve drops resident replicas: use it with the 'none' offload policy")

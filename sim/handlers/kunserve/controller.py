@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any, Generator
 
 import simpy
 
-from .drop_plan import InstanceLoad, drop_plan
-from .group import PipelineGroup
-from .restore import restore
-from .trigger import votes_to_drop
+from sim.handlers.kunserve.drop_plan import InstanceLoad, drop_plan
+from sim.handlers.kunserve.group import PipelineGroup
+from sim.handlers.kunserve.restore import restore
+from sim.handlers.kunserve.trigger import votes_to_drop
 
 if TYPE_CHECKING:
-    from ...cluster import Cluster
+    from sim.engine.cluster import Cluster
 
 
 class Controller:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from .pipeline import stage_slices
+from sim.handlers.kunserve.pipeline import stage_slices
 
 
 def group_capacity_blocks(pool_bytes: Sequence[float], num_layers: int, layer_bytes: float,

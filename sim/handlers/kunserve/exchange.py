@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Generator
 
 import simpy
 
-from ...request import State
+from sim.core.request import State
 
 if TYPE_CHECKING:
-    from .group import PipelineGroup
+    from sim.handlers.kunserve.group import PipelineGroup
 
 
 def _candidates(grp: "PipelineGroup") -> list[int]:

@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any, Generator
 
 import simpy
 
-from ...cluster import DemandQueue
-from ...instance import SAMPLE_FIELDS, Instance
-from ...iteration import IterationTiming
-from ...request import Request, State
-from .pipeline import StepWork, plan_step, stage_slices
-from .trigger import DemandWindow, votes_to_drop
+from sim.core.request import Request, State
+from sim.engine.cluster import DemandQueue
+from sim.engine.instance import SAMPLE_FIELDS, Instance
+from sim.engine.iteration import IterationTiming
+from sim.handlers.kunserve.pipeline import StepWork, plan_step, stage_slices
+from sim.handlers.kunserve.trigger import DemandWindow, votes_to_drop
 
 if TYPE_CHECKING:
-    from ...cluster import Cluster, ClusterInstance
-    from ...scheduler import ScheduledBatch
+    from sim.engine.cluster import Cluster, ClusterInstance
+    from sim.engine.scheduler import ScheduledBatch
 
 _COL = {name: i for i, name in enumerate(SAMPLE_FIELDS)}
 
@@ -164,7 +164,7 @@ class PipelineGroup:
         self.after_step()
         self.cluster.mark(self.gpus, f"drop g={self.g} gpus {','.join(map(str, self.gpus))}")
         self.cluster.count("drops")
-        from .exchange import exchange
+        from sim.handlers.kunserve.exchange import exchange
         env.process(exchange(self))
         lead.wake()
 

@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-from ...cost import BatchShape, CostModel
+from sim.core.batch import BatchShape
+from sim.cost.base import CostModel
 
 
 def stage_slices(num_layers: int, g: int) -> list[tuple[int, int]]:

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Generator, Literal, Sequence
 
 import simpy
 
-from ...hardware import HardwareSpec
-from ...request import State
+from sim.core.hardware import HardwareSpec
+from sim.core.request import State
 
 if TYPE_CHECKING:
-    from .group import PipelineGroup
+    from sim.handlers.kunserve.group import PipelineGroup
 
 
 def restore_copy_time(source: Literal["host", "peer"], slices: Sequence[tuple[int, int]], layer_bytes: float,

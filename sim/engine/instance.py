@@ -1,0 +1,279 @@
+"""One serving instance: a GPU running continuous batching under an offload policy (a SimPy process).
+
+Each iteration: the scheduler picks the batch, the policy picks the plan (changing it moves weights and
+resizes the KV pool), the executor times the forward pass -- in closed form when the GPU's host link is
+private for the iteration, with events on the shared fabric otherwise -- and the scheduler applies the
+outcome at the iteration's end.
+"""
+
+from __future__ import annotations
+
+from typing import Generator
+
+import simpy
+
+from sim.core.batch import BatchShape
+from sim.core.offload_plan import OffloadPlan
+from sim.core.request import Request, State
+from sim.core.timeline import Timeline
+from sim.engine.iteration import IterationTiming, compile_copies, run_closed_form, run_events
+from sim.engine.kv import BlockManager
+from sim.engine.link import Fabric, HostMemory
+from sim.engine.memory import MemoryLayout
+from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.engine.scheduler import ScheduledBatch, Scheduler
+
+SAMPLE_FIELDS = ("time_s", "gpu", "waiting", "running", "swapped", "kv_used_blocks", "kv_total_blocks",
+                 "weights_bytes", "staging_bytes", "workspace_bytes", "kv_pool_bytes", "kv_used_bytes",
+                 "usable_bytes", "host_used_bytes", "h2d_bytes_total", "d2h_bytes_total", "bus_h2d_bytes_total",
+                 "offloaded_layers", "interval", "batch_tokens", "decode_seqs", "iteration_s",
+                 "group", "stages", "kv_capacity_tokens", "host_weights_bytes", "host_kv_bytes")
+# group: the pipelined group this GPU serves in (-1: alone); stages: pipeline stages of its serving unit;
+# kv_capacity_tokens: this GPU's share of its unit's KV capacity (summing over GPUs gives the cluster's)
+
+
+class Instance:
+    """A serving engine on GPU ``ctx.gpu``. Raises `ModelDoesNotFit` if the policy's plan cannot run."""
+
+    def __init__(self, env: simpy.Environment, ctx: InstanceContext, policy: OffloadPolicy, fabric: Fabric,
+                 host: HostMemory, timeline: Timeline | None = None, detail_iterations: int = 0,
+                 sample_interval_s: float = 0.25) -> None:
+        self.env, self.ctx, self.policy, self.fabric, self.host = env, ctx, policy, fabric, host
+        self.gpu = ctx.gpu
+        model, hw, cfg = ctx.model, ctx.hw, ctx.engine
+        policy.setup(ctx)
+        self.plan: OffloadPlan = policy.initial_plan()
+        self.layout = MemoryLayout.build(model, hw, cfg, self.plan)
+        best = MemoryLayout.build(model, hw, cfg, policy.max_kv_plan(), check=False)
+        self.max_blocks = max(self.layout.kv_blocks, best.kv_blocks)
+        self.host_weight_bytes = policy.host_weight_bytes()
+        host.allocate("weights", self.host_weight_bytes)
+        self.bm = BlockManager(self.layout.kv_blocks, cfg.block_size)
+        self.sched = Scheduler(self.bm, cfg, self.layout.block_bytes, host, on_finish=self._on_done,
+                               on_reject=self._on_done, admit_hook=self._admit)
+        self.layer_bytes = model.weight_bytes_per_layer
+        self.h2d_route = fabric.h2d_route(self.gpu)
+        self.d2h_route = fabric.d2h_route(self.gpu)
+        self.h2d_rate = fabric.private_rate(self.h2d_route)
+        self.d2h_rate = fabric.private_rate(self.d2h_route)
+        self.private = True  # set by the deployment: nobody else uses this GPU's bus
+        self.closed = False
+        self._wake: simpy.Event | None = None
+        self.timeline = timeline
+        self.detail_left = detail_iterations
+        self.sample_interval_s = sample_interval_s
+        self._last_sample = -float("inf")
+        self.samples: list[tuple] = []
+        self.done: list[Request] = []
+        self.iterations = 0
+        self.busy_s = 0.0
+        self.plan_changes = 0
+        self.event_iterations = 0
+        self.debug_checks = False  # tests: check memory and block invariants every iteration
+        self.peak_gpu_bytes = self.gpu_memory_used()
+        self.peak_host_bytes = 0.0  # weights in host memory under the plan + swapped KV, at its highest
+        self.track = f"gpu{self.gpu}"
+        self.current_batch: ScheduledBatch | None = None  # the iteration being planned/run (policies read it)
+
+    # --- requests in ----------------------------------------------------------------------------------
+    def enqueue(self, req: Request) -> None:
+        req.instance = self.gpu
+        need = self.bm.blocks_for(req.prompt_tokens + req.output_tokens)
+        if need > self.max_blocks:
+            req.reject(f"needs {need} KV blocks ({req.prompt_tokens}+{req.output_tokens} tokens); the pool "
+                       f"holds at most {self.max_blocks}", self.env.now)
+            self._on_done(req)
+            return
+        self.sched.add(req)
+        self.wake()
+
+    def wake(self) -> None:
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def close(self) -> None:
+        """No more requests will arrive."""
+        self.closed = True
+        self.wake()
+
+    def _admit(self, req: Request, now: float) -> str | None:
+        return self.policy.admit(self, req, now)
+
+    def _on_done(self, req: Request) -> None:
+        self.done.append(req)
+
+    def _drop(self, req: Request, reason: str) -> None:
+        """Reject a request wherever it is queued, releasing what it holds."""
+        s = self.sched
+        if req in s.prefilling:
+            s.prefilling.remove(req)
+        if req in s.swapped:
+            s.swapped.remove(req)
+            nbytes = req.host_blocks * self.layout.block_bytes
+            self.host.free("kv_swap", nbytes)
+            s.swap_bytes_used -= nbytes
+            req.host_blocks = 0
+        s.reject(req, reason, self.env.now)
+
+    def unfinished(self) -> list[Request]:
+        s = self.sched
+        return [*s.waiting, *s.prefilling, *s.decoding.values(), *s.swapped]
+
+    # --- plan changes ---------------------------------------------------------------------------------
+    def apply_plan(self, plan: OffloadPlan) -> tuple[int, ...] | None:
+        """Switch to ``plan`` if the KV pool can shrink to what it leaves; returns the layers to copy in
+        (promoted), or None if the switch is not possible now."""
+        if plan == self.plan:
+            return ()
+        ctx = self.ctx
+        layout = MemoryLayout.build(ctx.model, ctx.hw, ctx.engine, plan, check=False)
+        if layout.kv_blocks < 1 or not self.bm.can_resize(layout.kv_blocks):
+            return None
+        promote = ()
+        if plan.fraction == self.plan.fraction and plan.mode == self.plan.mode:
+            promote = tuple(sorted(self.plan.offloaded_set - plan.offloaded_set))
+        self.bm.resize(layout.kv_blocks)
+        self.layout = layout
+        if self.timeline is not None:
+            self.timeline.mark(f"{self.track}/compute", f"plan {plan.name}", self.env.now)
+        self.plan = plan
+        self.plan_changes += 1
+        return promote
+
+    # --- the process ----------------------------------------------------------------------------------
+    def run(self) -> Generator[simpy.Event, object, None]:
+        env, sched = self.env, self.sched
+        while True:
+            if not sched.has_work():
+                if self.closed:
+                    return
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            batch = sched.schedule(env.now)
+            best = self.policy.max_kv_plan()
+            if batch is None and best != self.plan and self.apply_plan(best) is not None:
+                batch = sched.schedule(env.now)  # a policy with a smaller KV pool now gave memory back
+            if batch is None:
+                # Work is queued but nothing fits, and nothing runs that could free memory (unless the
+                # policy holds the queue back for now and will wake this instance).
+                if self.closed and not self.policy.holds_back(self):
+                    for req in [*sched.waiting, *sched.swapped, *sched.prefilling]:
+                        self._drop(req, "could not be scheduled: the KV pool cannot hold it")
+                    return
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            if self.debug_checks:
+                self.check_invariants()
+            used = self.gpu_memory_used()
+            if used > self.peak_gpu_bytes:
+                self.peak_gpu_bytes = used
+            timing = yield from self._execute(batch)
+            held = self.plan.host_bytes(self.ctx.model) + sched.swap_bytes_used
+            if held > self.peak_host_bytes:
+                self.peak_host_bytes = held
+            sched.complete(batch, env.now)
+            self.iterations += 1
+            self.busy_s += timing.end_s - timing.start_s
+            self._record(batch, timing)
+
+    def _execute(self, batch: ScheduledBatch) -> Generator[simpy.Event, object, IterationTiming]:
+        env, ctx = self.env, self.ctx
+        now = env.now
+        shape = batch.shape
+        self.current_batch = batch
+        promote: tuple[int, ...] = ()
+        if not shape.is_empty:
+            plan = self.policy.plan_for(self, shape, now)
+            if plan != self.plan:
+                promote = self.apply_plan(plan) or ()
+        if shape.is_empty:
+            compute_s = fixed_s = 0.0
+        else:
+            compute_s = ctx.cost.layer_time(shape)
+            fixed_s = ctx.cost.fixed_time(shape)
+        plan = self.plan
+        tasks = compile_copies(plan, self.layer_bytes, promote) if (promote or plan.offloaded) else ()
+        swaps = batch.swap_in_bytes > 0 or batch.swap_out_bytes > 0
+        link_work = bool(tasks) or (plan.mode == "uva" and bool(plan.offloaded))
+        record = self.detail_left > 0 and self.timeline is not None
+        lat = ctx.hw.link_latency_s
+        # Closed form when this iteration moves nothing over the host link, or when the link is private
+        # and idle and only one kind of traffic (weights or swaps) uses it.
+        if not (link_work or swaps) or (self.private and not (link_work and swaps)
+                                        and self.fabric.idle(self.h2d_route) and self.fabric.idle(self.d2h_route)):
+            swap_ready = None
+            if swaps:
+                swap_ready = now
+                if batch.swap_in_bytes:
+                    swap_ready = max(swap_ready, (now + lat) + batch.swap_in_bytes / self.h2d_rate)
+                if batch.swap_out_bytes:
+                    swap_ready = max(swap_ready, (now + lat) + batch.swap_out_bytes / self.d2h_rate)
+            timing = run_closed_form(now, plan, compute_s, tasks, self.h2d_rate, lat, fixed_s,
+                                     self.layer_bytes, swap_ready, record)
+            if timing.copy_bytes:
+                self.fabric.account(self.h2d_route, timing.copy_bytes, timing.copy_first_s, timing.copy_last_s,
+                                    tag="weights")
+            if batch.swap_in_bytes:
+                self.fabric.account(self.h2d_route, batch.swap_in_bytes, now,
+                                    (now + lat) + batch.swap_in_bytes / self.h2d_rate, tag="swap_h2d")
+            if batch.swap_out_bytes:
+                self.fabric.account(self.d2h_route, batch.swap_out_bytes, now,
+                                    (now + lat) + batch.swap_out_bytes / self.d2h_rate, tag="swap_d2h")
+            yield env.timeout(timing.end_s - now)
+        else:
+            self.event_iterations += 1
+            swap_list = [("h2d", batch.swap_in_bytes), ("d2h", batch.swap_out_bytes)]
+            timing = yield from run_events(env, self.fabric, self.gpu, plan, compute_s, tasks, lat, fixed_s,
+                                           self.layer_bytes, swap_list, record)
+        return timing
+
+    # --- observation ----------------------------------------------------------------------------------
+    def _record(self, batch: ScheduledBatch, tm: IterationTiming) -> None:
+        tl = self.timeline
+        if tl is not None:
+            comp = f"{self.track}/compute"
+            shape = batch.shape
+            label = f"it {batch.k}: P{shape.prefill_tokens} D{shape.decode_tokens}"
+            if self.detail_left > 0:
+                self.detail_left -= 1
+                for l, (s, e) in enumerate(zip(tm.layer_start_s, tm.layer_end_s)):
+                    tl.add(comp, "layer", s, e, l)
+                for l, s, e, b in tm.copies:
+                    tl.add(f"{self.track}/h2d", "copy", s, e, l, b)
+                for l, s, e, b in tm.uva:
+                    tl.add(f"{self.track}/h2d", "uva", s, e, l, b)
+            elif tm.copy_bytes:
+                tl.add(f"{self.track}/h2d", "copies", tm.copy_first_s, tm.copy_last_s, -1, tm.copy_bytes)
+            tl.add(comp, "iteration", tm.start_s, tm.end_s, -1, 0.0, label)
+        now = self.env.now
+        if now - self._last_sample >= self.sample_interval_s:
+            self._last_sample = now
+            self.samples.append(self.sample(batch.shape, tm.end_s - tm.start_s))
+
+    def sample(self, shape: BatchShape | None = None, iteration_s: float = 0.0) -> tuple:
+        s, lay, bm = self.sched, self.layout, self.bm
+        return (self.env.now, self.gpu, len(s.waiting), s.num_running, len(s.swapped), bm.used, bm.num_blocks,
+                lay.weights_bytes, lay.staging_bytes, lay.workspace_bytes, lay.kv_pool_bytes,
+                bm.used * lay.block_bytes, lay.usable_bytes, self.host.used_bytes,
+                self.fabric.bytes_moved[self.h2d_route[0]], self.fabric.bytes_moved[self.d2h_route[0]],
+                self.fabric.bytes_moved[self.h2d_route[1]], self.plan.num_offloaded, self.plan.interval or 0,
+                shape.tokens if shape else 0, shape.decode_tokens if shape else 0, iteration_s,
+                -1, 1, bm.num_blocks * bm.block_size, self.plan.host_bytes(self.ctx.model), s.swap_bytes_used)
+
+    def gpu_memory_used(self) -> float:
+        lay = self.layout
+        return lay.weights_bytes + lay.staging_bytes + lay.workspace_bytes + self.bm.used * lay.block_bytes
+
+    def check_invariants(self) -> None:
+        """Memory within capacity and block counts consistent (tests call this between events)."""
+        assert self.bm.used <= self.bm.num_blocks, "KV blocks over capacity"
+        assert self.gpu_memory_used() <= self.layout.usable_bytes + 1e-3, "GPU memory over capacity"
+        held = sum(r.blocks for r in self.sched.decoding.values()) + sum(r.blocks for r in self.sched.prefilling)
+        held += sum(r.blocks for r in self.sched.waiting)
+        assert held == self.bm.used, f"blocks held by requests ({held}) != blocks in use ({self.bm.used})"
+        for r in self.sched.decoding.values():
+            assert r.state == State.RUNNING

@@ -1,0 +1,84 @@
+"""The offload-policy interface and the static policies of the core simulator.
+
+A policy decides, for one instance, where layer weights live. The engine asks it for an initial plan
+(which sizes GPU memory), before each iteration for the plan to run that iteration with, and whether to
+admit a request at all (a policy that can prove a request's SLO infeasible rejects it with the reason).
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sim.core.batch import BatchShape
+from sim.core.hardware import HardwareSpec
+from sim.core.model import ModelSpec
+from sim.core.offload_plan import OffloadPlan
+from sim.cost.base import CostModel
+from sim.engine.memory import EngineConfig
+
+if TYPE_CHECKING:
+    from sim.core.request import Request
+    from sim.engine.instance import Instance
+
+
+@dataclass(frozen=True)
+class InstanceContext:
+    """What a policy may know about the instance it serves."""
+
+    model: ModelSpec
+    hw: HardwareSpec
+    cost: CostModel
+    engine: EngineConfig
+    gpu: int
+    bus_gpus: tuple[int, ...] = ()  # GPUs sharing this GPU's upstream bus (including itself)
+    # One dict per deployment, shared by all its instances' policies (e.g. a per-bus coordinator);
+    # the deployment puts its instance list under "instances".
+    shared: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+class OffloadPolicy(ABC):
+    """Where layer weights live, iteration by iteration.
+
+    Subclasses set ``name`` and override `initial_plan`; dynamic policies also override `plan_for`
+    (called before every iteration with the batch about to run) and may override `admit`.
+    """
+
+    name: str = "policy"
+
+    def setup(self, ctx: InstanceContext) -> None:
+        self.ctx = ctx
+
+    def initial_plan(self) -> OffloadPlan:
+        raise NotImplementedError
+
+    def host_weight_bytes(self) -> float:
+        """Pinned host memory this policy needs for weights (allocated once at start-up)."""
+        return self.initial_plan().host_bytes(self.ctx.model)
+
+    def max_kv_plan(self) -> OffloadPlan:
+        """The plan with the most KV capacity this policy may ever use (for admission checks)."""
+        return self.initial_plan()
+
+    def plan_for(self, inst: "Instance", shape: BatchShape, now: float) -> OffloadPlan:
+        """The plan for the next iteration; static policies keep the current one."""
+        return inst.plan
+
+    def admit(self, inst: "Instance", req: "Request", now: float) -> str | None:
+        """None to admit; a reason string to reject the request for good; `sim.engine.scheduler.DEFER` to leave it
+        (and the queue behind it) waiting for now."""
+        return None
+
+    def holds_back(self, inst: "Instance") -> bool:
+        """True while `admit` defers this GPU's queue for a reason outside it (a bus peer needs the bus to
+        itself for a while) and will wake the instance when that ends: the queue is kept, not dropped,
+        even after the last arrival."""
+        return False
+
+    @property
+    def uses_host_link(self) -> bool:
+        return self.host_weight_bytes() > 0
+
+    def describe(self) -> str:
+        return self.name
