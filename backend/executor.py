@@ -93,12 +93,9 @@ class IterationRecord:
 
     def to_timeline(self, tl: Timeline, t0: float = 0.0, gpu: int = 0, label: str = "") -> None:
         """Add the spans to ``tl`` shifted by ``t0``, with the simulator's resource names and kinds."""
-        for s, e in self.fixed:
-            tl.add(f"gpu{gpu}/compute", "fixed", t0 + s, t0 + e, label=label)
-        for l, (s, e) in enumerate(self.layers):
-            tl.add(f"gpu{gpu}/compute", "layer", t0 + s, t0 + e, l, label=label)
-        for c in self.copies:
-            tl.add(f"gpu{gpu}/h2d", c.kind, t0 + c.start_s, t0 + c.end_s, c.layer, c.bytes, label=label)
+        tl.add_iteration(gpu, [(t0 + s, t0 + e) for s, e in self.layers],
+                         [(c.kind, c.layer, t0 + c.start_s, t0 + c.end_s, c.bytes) for c in self.copies],
+                         [(t0 + s, t0 + e) for s, e in self.fixed], label)
 
 
 def host_alias(host: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -256,7 +256,7 @@ def profile_microbatches(b: LayerBench, batches: list[int], contexts: list[int],
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m backend.profile", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m backend.profile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="preset name or path to a Hugging Face config.json")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")

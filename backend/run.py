@@ -1,6 +1,6 @@
 """End-to-end fixed-batch runs: ``python -m backend.run SCENARIO.yaml [--out DIR]``.
 
-Runs the scenario's ``experiments:`` (batch size, sequence length, plans; `sim.config.experiments`) on the device
+Runs the scenario's ``experiments:`` (batch size, sequence length, plans; `sim.config.fixed_batch`) on the device
 with `OffloadExecutor` and writes the simulator's outputs for them, so `calibration/verify.py` can compare:
 
 - ``iterations.csv``: one `FixedBatchRow` per (experiment, plan) with ``source="backend"``;
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from sim.config.experiments import FixedBatchExperiment, FixedBatchRow, load_experiment_file, write_rows
+from sim.config.fixed_batch import FixedBatchExperiment, FixedBatchRow, write_rows
+from sim.config.scenario import load_experiment_file
 from sim.core.timeline import Timeline
 
 from .executor import IterationRecord, OffloadExecutor
@@ -80,7 +81,7 @@ def run_experiment(ex: OffloadExecutor, exp: FixedBatchExperiment, plans: list, 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m backend.run", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m backend.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("scenario", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="default: reports/backend-<scenario>-<time>/")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")

@@ -23,7 +23,7 @@ DEFAULT_TRACE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" /
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("trace", nargs="?", default=str(DEFAULT_TRACE))
     ap.add_argument("--model", default="llama-2-7b")
     ap.add_argument("--gpu", default="h100-sxm")

@@ -34,7 +34,7 @@ def _slice(plan: LoadedPlan, model: str | None, max_count: int) -> LoadedPlan:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("plan", nargs="?", default=str(DEFAULT_PLAN))
     ap.add_argument("--model", default="llama-2-13b", help="the plan's model label to keep")
     ap.add_argument("--max-count", type=int, default=2, help="keep GPU counts up to this")

@@ -299,7 +299,7 @@ def build_profile(paths: Sequence[str | Path], gpu: str, command: str, loo: bool
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(prog="python -m calibration.fit", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m calibration.fit", description=__doc__.split("\n\n")[0])
     ap.add_argument("data", nargs="+", help="measurement files or folders")
     ap.add_argument("--gpu", required=True, help="HardwareSpec preset the rows belong to (e.g. h100-sxm)")
     ap.add_argument("--out", required=True, type=Path, help="profile YAML to write")

@@ -172,7 +172,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path, gpus: Sequence[st
     body = [f"<h1>memslo calibration report</h1><p>Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} "
             f"UTC by <code>{html.escape(command)}</code>.</p>",
             "<p>Data: " + ", ".join(f"{html.escape(p.name)} (sha256 {sha256(p)[:12]}…)" for p in used) + "</p>",
-            "<p>Physics: <code>sim/layer_physics.py</code>; parameters: <code>sim/cost_calibrated.py</code>; fitting: "
+            "<p>Physics: <code>sim/cost/physics.py</code>; parameters: <code>sim/cost/params.py</code>; fitting: "
             "<code>calibration/fit.py</code>.</p>"]
     first = True
     for gpu in gpus:
@@ -190,7 +190,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path, gpus: Sequence[st
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    ap = argparse.ArgumentParser(prog="python -m calibration.report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m calibration.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("data", nargs="+", help="measurement files or folders")
     ap.add_argument("--out", type=Path, default=Path("calibration/report.html"))
     ap.add_argument("--gpu", action="append", help="only these GPUs (repeatable); default: all in the data")

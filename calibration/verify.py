@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from sim.config.experiments import FixedBatchRow, load_experiment_file, read_rows, simulate_fixed_batch
+from sim.config.fixed_batch import FixedBatchRow, read_rows, simulate_fixed_batch
+from sim.config.scenario import load_experiment_file
 from sim.core.hardware import HardwareSpec, get_hardware
 from sim.core.timeline import Timeline
 from sim.cost.calibrated import apply_profile_link, load_profile, make_cost_model
@@ -175,7 +176,7 @@ def verify(run_dir: str | Path, scenario: str | Path, out: str | Path | None = N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calibration.verify", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m calibration.verify", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path, help="backend run folder (iterations.csv, timeline.json)")
     ap.add_argument("scenario", type=Path, help="the scenario YAML the backend ran")
     ap.add_argument("--profile", help="calibration profile (overrides the scenario's hardware.profile)")

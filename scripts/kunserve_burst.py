@@ -190,7 +190,7 @@ def budgets(path: Path, trace: Path | None, tokens: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("scenarios", nargs="*", type=Path, default=DEFAULT)
     ap.add_argument("--trace", type=Path, default=None, help="azure_conv_2023.csv (default: ../shared beside the checkout)")
     ap.add_argument("--sensitivity", action="store_true", help="also vary the burst's size")

@@ -45,7 +45,7 @@ def screenshot(report: Path, out: Path, width: int = 1400, height: int = 3000, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("report", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--width", type=int, default=1400)

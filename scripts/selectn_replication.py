@@ -242,7 +242,7 @@ def run_all(gpus: list[str], quick: bool, batches=BATCHES) -> dict[str, dict[str
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short outputs and backlogs (what the tests run)")
     ap.add_argument("--hardware", default="a10,h100-sxm")
     args = ap.parse_args()

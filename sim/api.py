@@ -22,11 +22,11 @@ from sim.core.timeline import Timeline
 from sim.core.workload import RequestSet
 from sim.cost.base import CostModel
 from sim.cost.roofline import RooflineCostModel
-from sim.engine.cluster import Cluster
-from sim.engine.deployment import Progress, RunResult, StopRule
+from sim.engine.cluster import Cluster, Progress, RunResult, StopRule
 from sim.engine.link import HostMemoryError
 from sim.engine.memory import EngineConfig, ModelDoesNotFit
 from sim.engine.metrics import requests_frame, series_frame, summarize
+from sim.engine.scheduler import Scheduler
 from sim.handlers import make_handler
 from sim.policies import make_policy
 
@@ -89,11 +89,12 @@ def build_deployment(spec: PolicySpec, model: ModelSpec | list[ModelSpec], hw: H
     handler = make_handler(spec.handler, **spec.handler_params) if spec.handler else None
     overrides = {**(handler.engine_overrides() if handler else {}), **spec.engine}
     eng = EngineConfig(**{**engine.__dict__, **overrides}) if overrides else engine
-    dep = Cluster(model, hw, cost, lambda: make_policy(spec.kind, **spec.params), eng, num_gpus,
-                  router, timeline, detail_iterations, sample_interval_s)  # type: ignore[arg-type]
+    cluster = Cluster(model, hw, cost, lambda: make_policy(spec.kind, **spec.params), eng, num_gpus,
+                      router, timeline, detail_iterations, sample_interval_s,  # type: ignore[arg-type]
+                      handler.scheduler_class if handler else Scheduler)
     if handler is not None:
-        handler.attach(dep)
-    return dep
+        handler.attach(cluster)
+    return cluster
 
 
 def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareSpec | str, requests: RequestSet,

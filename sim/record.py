@@ -44,7 +44,7 @@ def table(rec: PerformanceRecord, phase: str, slo_x: float, max_seq: int | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.record", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sim.record", description=__doc__.split("\n\n")[0])
     ap.add_argument("scenario")
     ap.add_argument("--out", help="record file (default: record-<model>-<gpu>.json beside the working dir)")
     ap.add_argument("--slo-levels", default=",".join(str(x) for x in DEFAULT_SLO_LEVELS),

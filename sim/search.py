@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sim.api import PolicySpec, simulate
 from sim.config.scenario import Length, LoadedScenario, ScenarioError, load_scenario
+from sim.core.units import GiB
 from sim.core.workload import Poisson, SyntheticWorkload
 from sim.pools.local import SweepExecutor, make_executor
 
@@ -106,7 +107,7 @@ def run_point(item: dict[str, Any]) -> list[dict[str, Any]]:
                    timeline_max_spans=0, detail_iterations=0, sample_interval_s=1e9)[spec.label]
     base = {"mix": item["mix"], "rate_per_s": item["rate"], "interval": i,
             "offloaded_layers": 0 if i > L else L // i,
-            "host_weight_gib": (0 if i > L else L // i) * item["model"].weight_bytes_per_layer / 2**30}
+            "host_weight_gib": (0 if i > L else L // i) * item["model"].weight_bytes_per_layer / GiB}
     if not run.ok:
         return [{**base, "slo": name, "ttft_slo_s": t, "tpot_slo_s": p, "attainment": 0.0,
                  "throughput_tokens_per_s": 0.0, "ttft_p99_s": math.nan, "tpot_p99_s": math.nan,
@@ -216,7 +217,7 @@ def write_html(df: pd.DataFrame, path: Path, title: str, L: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.search", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sim.search", description=__doc__.split("\n\n")[0])
     ap.add_argument("scenario")
     ap.add_argument("--out", metavar="DIR", help="output folder (default: reports/search-<scenario>/)")
     ap.add_argument("--workers", type=int, help="processes (default: all cores; 1 runs serially); with --ray "

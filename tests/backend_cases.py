@@ -30,6 +30,37 @@ def small_spec(arch: str = "llama", layers: int = L) -> ModelSpec:
                      head_dim=16, intermediate_size=96, vocab_size=101, max_position=128, qkv_bias=True)
 
 
+FP32_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def summation_order_tolerance(reduction: int, chained: int, scale: float) -> float:
+    """How far an fp32 result may move when its dot products are summed in another order: a split weight
+    (a layer-wise fraction multiplied as two row blocks) that the BLAS library blocks differently. One
+    reordered sum of K products moves by at most about K·u relative to its magnitude (Higham's gamma_K,
+    u = 2^-24), and ``chained`` such sums in a row (one per decoder layer, on the residual stream) add up;
+    ``scale`` is the magnitude of the result (e.g. max |logit|). A wrong weight or layer moves logits by
+    O(1), far beyond this."""
+    return chained * reduction * FP32_UNIT_ROUNDOFF * scale
+
+
+def assert_equal_up_to_summation_order(got: torch.Tensor, want: torch.Tensor, exact: bool, what: str,
+                                       reduction: int, chained: int) -> None:
+    """Bit-identical where the same kernel runs on bit-identical tensors (``exact``), else within
+    `summation_order_tolerance`."""
+    diff = float((got - want).abs().max())
+    if exact:
+        assert torch.equal(got, want), f"{what}: differs by {diff} where it must be bit-identical"
+        return
+    tol = summation_order_tolerance(reduction, chained, float(want.abs().max()))
+    assert diff <= tol, f"{what}: differs by {diff}, more than a reordered fp32 sum explains ({tol:.3g})"
+
+
+def assert_logits_agree(got: torch.Tensor, want: torch.Tensor, spec: ModelSpec, exact: bool, what: str) -> None:
+    """Logits of a model: the longest reduction of a layer is max(hidden, intermediate), one per layer."""
+    assert_equal_up_to_summation_order(got, want, exact, what, max(spec.hidden_size, spec.intermediate_size),
+                                       spec.num_layers)
+
+
 PROMPTS = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12, 13, 14, 15]]  # different lengths: padding and masks
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from sim.core.batch import BatchShape
 from sim.core.hardware import HardwareSpec
 from sim.core.model import ModelSpec
+from sim.engine.bus import Bus
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -42,6 +43,11 @@ def tiny_model(layers: int = 4, **kw) -> ModelSpec:
     base = ModelSpec(name="tiny", num_layers=layers, hidden_size=64, num_heads=4, num_kv_heads=4, head_dim=16,
                      intermediate_size=128, vocab_size=256, max_position=4096)
     return replace(base, **kw) if kw else base
+
+
+def lone_bus(gpu: int = 0) -> Bus:
+    """The bus of a GPU alone under it (for a policy set up without a cluster)."""
+    return Bus(0, 1e12, (gpu,))
 
 
 def tiny_hw(gpu_bytes: float, **kw) -> HardwareSpec:

@@ -7,7 +7,8 @@ from collections import defaultdict
 
 from backend import profile, run
 from backend.timing import read_csv
-from sim.config.experiments import load_experiment_file, read_rows
+from sim.config.fixed_batch import read_rows
+from sim.config.scenario import load_experiment_file
 from sim.core.timeline import Timeline
 
 from .backend_cases import ROOT, SMOKE

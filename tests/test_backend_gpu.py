@@ -9,7 +9,7 @@ from backend import profile, run
 from backend.executor import OffloadExecutor, host_alias
 from backend.timing import read_csv
 from backend.weights import ModelWeights
-from sim.config.experiments import read_rows
+from sim.config.fixed_batch import read_rows
 from sim.core.offload_plan import OffloadPlan
 
 from .backend_cases import ROOT, SMOKE, L, check_dependencies, plan_sequences, prefill_then_decode, small_spec

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sim.config.experiments import FixedBatchExperiment, simulate_fixed_batch
+from sim.config.fixed_batch import FixedBatchExperiment, simulate_fixed_batch
 from sim.core.batch import BatchShape
 from sim.core.hardware import get_hardware
 from sim.core.model import get_model

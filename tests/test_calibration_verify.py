@@ -11,7 +11,8 @@ import yaml
 
 from calibration.verify import main as verify_main
 from calibration.verify import scenario_hardware, verify
-from sim.config.experiments import load_experiment_file, simulate_fixed_batch, write_rows
+from sim.config.fixed_batch import simulate_fixed_batch, write_rows
+from sim.config.scenario import load_experiment_file
 from sim.core.hardware import get_hardware
 from sim.core.timeline import Timeline
 from sim.cost.calibrated import make_cost_model

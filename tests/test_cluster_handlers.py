@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.core.request import Request, State
-from sim.engine.cluster import Cluster, DemandQueue
-from sim.engine.deployment import Deployment
+from sim.engine.cluster import Cluster
 from sim.engine.memory import EngineConfig
+from sim.engine.queues import DemandQueue
 from sim.handlers import make_handler
 from sim.policies import make_policy
 
@@ -37,13 +37,11 @@ def where_are(c: Cluster) -> Counter:
 
 
 def run_cluster(reqs, handler, hp, gpus, blocks, cfg, router="least-loaded", gpus_per_bus=1):
-    c = Cluster(tiny_model(), tiny_hw(gpu_bytes_for_blocks(blocks, cfg), gpus_per_bus=gpus_per_bus), ConstCost(),
-                lambda: make_policy("none"), cfg, gpus, router)
     h = make_handler(handler, **hp)
     eng = EngineConfig(**{**cfg.__dict__, **h.engine_overrides()})
-    c.engine = eng
+    c = Cluster(tiny_model(), tiny_hw(gpu_bytes_for_blocks(blocks, cfg), gpus_per_bus=gpus_per_bus), ConstCost(),
+                lambda: make_policy("none"), eng, gpus, router, scheduler_class=h.scheduler_class)
     for i in c.instances:
-        i.sched.cfg = eng
         i.debug_checks = True
     h.attach(c)
     problems: list = []
@@ -90,12 +88,23 @@ def test_demand_queue_counts_blocks():
     assert q.blocks == 1 + 4
 
 
-def test_cluster_routes_like_the_deployment():
+class ScanningCluster(Cluster):
+    """Least-loaded routing that recounts every queued request's blocks on each arrival."""
+
+    def route(self, req):
+        def load(i):
+            bs = i.bm.block_size
+            queued = sum(-(-(r.prompt_tokens + r.generated + 1) // bs) for r in [*i.sched.waiting, *i.sched.swapped])
+            return ((i.bm.used + queued) / max(i.bm.num_blocks, 1), i.gpu)
+        return min(self.instances, key=load)
+
+
+def test_cluster_routes_like_a_scan_of_the_queues():
     """Least-loaded by demand / capacity: the cluster's O(1) counters pick what scanning the queues picks."""
     cfg = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64)
     reqs = lambda: [Request(i, i * 0.002, 30 + (i * 37) % 90, 5 + (i * 11) % 40) for i in range(120)]  # noqa: E731
     hw = tiny_hw(gpu_bytes_for_blocks(12, cfg))
-    a = Deployment(tiny_model(), hw, ConstCost(), lambda: make_policy("none"), cfg, 3, "least-loaded")
+    a = ScanningCluster(tiny_model(), hw, ConstCost(), lambda: make_policy("none"), cfg, 3, "least-loaded")
     b = Cluster(tiny_model(), hw, ConstCost(), lambda: make_policy("none"), cfg, 3, "least-loaded")
     ra, rb = reqs(), reqs()
     a.run(ra)

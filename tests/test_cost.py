@@ -27,7 +27,7 @@ def test_defaults_within_30pct_of_real_h100(shared, model):
     assert len(err) > 250  # distinct token counts 1..4096
     assert err.abs().max() < 0.30, err.abs().idxmax()
     assert err.abs().median() < 0.10
-    # and the two anchor points DESIGN.md quotes for Llama-2-7B
+    # and the two anchor points docs/architecture.md quotes for Llama-2-7B
     if model == "llama-2-7b":
         assert cm.linear_time(1) == pytest.approx(0.175e-3, rel=0.1)
         assert cm.linear_time(1024) == pytest.approx(0.66e-3, rel=0.15)

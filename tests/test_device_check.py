@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.config.experiments import load_experiment_file
+from sim.config.scenario import load_experiment_file
 from sim.cost.calibrated import load_profile
 
 from .backend_cases import ROOT, SMOKE

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sim.core.offload_plan import OffloadPlan
 from sim.core.request import Request, State
-from sim.engine.deployment import Deployment
+from sim.engine.cluster import Cluster
 from sim.engine.kv import BlockManager, KVCacheError
 from sim.engine.memory import EngineConfig, MemoryLayout, ModelDoesNotFit
 from sim.policies import make_policy
@@ -29,7 +29,7 @@ def gpu_bytes_for_blocks(blocks: float, cfg: EngineConfig, model=None) -> float:
 def deploy(blocks: float, cfg: EngineConfig | None = None, policy: str = "none", debug: bool = True, **params):
     cfg = cfg or EngineConfig()
     model = tiny_model()
-    dep = Deployment(model, tiny_hw(gpu_bytes_for_blocks(blocks, cfg)), ConstCost(),
+    dep = Cluster(model, tiny_hw(gpu_bytes_for_blocks(blocks, cfg)), ConstCost(),
                      lambda: make_policy(policy, **params), cfg)
     for inst in dep.instances:
         inst.debug_checks = debug
@@ -149,7 +149,7 @@ def test_request_larger_than_pool_is_rejected_with_reason():
 def test_model_that_does_not_fit_names_itself():
     cfg = EngineConfig()
     with pytest.raises(ModelDoesNotFit, match="tiny does not fit on tiny-gpu"):
-        Deployment(tiny_model(), tiny_hw(1e5), ConstCost(), lambda: make_policy("none"), cfg)
+        Cluster(tiny_model(), tiny_hw(1e5), ConstCost(), lambda: make_policy("none"), cfg)
 
 
 def test_offloading_buys_kv_blocks():

@@ -12,6 +12,7 @@ from sim.engine.memory import EngineConfig
 from sim.handlers import make_handler
 from sim.handlers.kunserve import KunServeParams, capacity_gain_tokens, group_capacity_blocks
 from sim.handlers.kunserve.drop_plan import InstanceLoad, drop_plan
+from sim.handlers.kunserve.forming import begin
 from sim.handlers.kunserve.group import PipelineGroup
 from sim.handlers.kunserve.pipeline import (
     StepWork,
@@ -198,7 +199,7 @@ def test_restore_time_host_vs_peer_by_hand():
     assert restore_copy_time("host", sl, 100e6, [0, 2], hw) == pytest.approx(200e6 / 10e9)
     # four members, each keeping one layer: the peer path sends 3 x 100 MB from every GPU
     assert restore_copy_time("peer", stage_slices(4, 4), 100e6, [0, 1, 2, 3], hw) == pytest.approx(1e-5 + 3e-3)
-    # DESIGN.md appendix: from a peer ~ L*(g-1)/g * layer bytes / link bandwidth (Llama-2-13B pair on A100)
+    # docs/architecture.md, 'Reference figures': from a peer ~ L*(g-1)/g * layer bytes / link bandwidth (Llama-2-13B pair on A100)
     m, a100 = get_model("llama-2-13b"), get_hardware("a100-80g")
     t = restore_copy_time("peer", stage_slices(40, 2), m.weight_bytes_per_layer, [0, 1], a100)
     assert t == pytest.approx(20 * m.weight_bytes_per_layer / a100.gpu_link_bytes_per_s, rel=1e-3)
@@ -232,7 +233,7 @@ def test_drop_turns_weights_into_blocks_and_restore_takes_them_back():
     seen = {}
 
     def scenario():
-        grp.begin()
+        begin(grp)
         yield c.env.timeout(0)
         seen["formed"] = (grp.state, i0.bm.num_blocks, i1.bm.num_blocks, [len(h) for h in grp.held])
         c.env.process(restore(grp))
@@ -261,7 +262,7 @@ def test_restore_from_host_takes_the_predicted_time():
     grp = PipelineGroup(c, [i0, i1], KunServeParams(restore=False, restore_from="host"))
 
     def scenario():
-        grp.begin()
+        begin(grp)
         yield c.env.timeout(0)
         c.env.process(restore(grp))
 
@@ -282,7 +283,7 @@ def test_running_requests_stall_until_their_kv_is_exchanged():
 
     def scenario():
         yield c.env.timeout(0.05)
-        PipelineGroup(c, list(c.instances), KunServeParams(restore=False)).begin()
+        begin(PipelineGroup(c, list(c.instances), KunServeParams(restore=False)))
 
     c.env.process(scenario())
     c.run(reqs)

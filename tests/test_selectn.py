@@ -13,19 +13,19 @@ from sim.core.offload_plan import OffloadPlan
 from sim.core.request import Request, State
 from sim.core.workload import Batch, Fixed, SyntheticWorkload
 from sim.cost.roofline import RooflineCostModel
-from sim.engine.deployment import Deployment
+from sim.engine.cluster import Cluster
 from sim.engine.memory import EngineConfig
 from sim.engine.policy import InstanceContext
 from sim.policies import make_policy
-from sim.policies.selectn.coordinator import BusCoordinator, Candidate, bus_others, choose, idle_candidate
+from sim.policies.selectn.coordinator import BusCoordinator, IntervalCandidate, bus_others, choose, idle_candidate
 
-from .helpers import ConstCost, tiny_hw, tiny_model
+from .helpers import ConstCost, lone_bus, tiny_hw, tiny_model
 
 GB = 1e9
 
 
 def cand(i, host, demand, ok=(True, True)):
-    return Candidate(i, host * GB, demand > 0, ok, (demand * GB,) * 2)
+    return IntervalCandidate(i, host * GB, demand > 0, ok, (demand * GB,) * 2)
 
 
 def test_coordinator_by_hand():
@@ -48,8 +48,8 @@ def test_coordinator_by_hand():
 
 def test_bus_coordinator_uses_an_idle_peer_bandwidth():
     bc = BusCoordinator(20 * GB, 2)
-    bc.join(0, None)
-    bc.join(1, None)
+    bc.join(0)
+    bc.join(1)
     mine = [cand(2, 20, 15, ok=(True, False)), cand(4, 10, 8)]
     # the peer posted a heavy candidate set, but it is idle now: GPU 0 gets the bus to itself
     bc.posted[1] = [cand(2, 20, 15)]
@@ -62,7 +62,7 @@ def test_bus_coordinator_uses_an_idle_peer_bandwidth():
 
 def selectn_on_tiny(hysteresis=3):
     cfg = EngineConfig(max_num_batched_tokens=64, max_num_seqs=4)
-    ctx = InstanceContext(tiny_model(), tiny_hw(1e7), ConstCost(), cfg, 0, (0,), {})
+    ctx = InstanceContext(tiny_model(), tiny_hw(1e7), ConstCost(), cfg, 0, lone_bus())
     pol = make_policy("selectn", hysteresis=hysteresis)
     pol.setup(ctx)
     return pol
@@ -176,7 +176,7 @@ def test_selectn_engine_invariants(reqs, gpu_kb, preemption, ttft, tpot, gpus, p
     bus (coordinator on), layers staged whole or in pieces."""
     cfg = EngineConfig(max_num_batched_tokens=128, max_num_seqs=8, preemption=preemption, swap_space_gib=1e-4)
     hw = tiny_hw(gpu_kb * 1e3, h2d_bytes_per_s=82_176 / 2e-3, bus_bytes_per_s=82_176 / 2e-3, gpus_per_bus=2)
-    dep = Deployment(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=2, staging_chunks=pieces),
+    dep = Cluster(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=2, staging_chunks=pieces),
                      cfg, num_gpus=gpus)
     for inst in dep.instances:
         inst.debug_checks = True
@@ -197,7 +197,7 @@ def test_selectn_engine_invariants(reqs, gpu_kb, preemption, ttft, tpot, gpus, p
 def two_gpus_on_a_bus():
     cfg = EngineConfig(max_num_batched_tokens=64, max_num_seqs=4)
     hw = tiny_hw(1e7, h2d_bytes_per_s=82_176 / 2e-3, bus_bytes_per_s=82_176 / 2e-3, gpus_per_bus=2)
-    return Deployment(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=1), cfg, num_gpus=2)
+    return Cluster(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=1), cfg, num_gpus=2)
 
 
 def test_a_peer_with_nothing_to_run_does_not_share_the_bus():
@@ -206,7 +206,7 @@ def test_a_peer_with_nothing_to_run_does_not_share_the_bus():
     dep = two_gpus_on_a_bus()
     a, b = dep.instances
     b.plan = a.policy.rec.plans[1]  # interval 2: two layers in host memory
-    b.policy.uses_link_now = True  # what its last iteration did
+    b.bus_member.link.uses_link_now = True  # what its last iteration did
     idle, busy, queued = bus_others(a.policy.ctx, a.policy.shares)
     assert set(idle) == {1} and not idle[1].uses_link and busy == {} and queued == {}
     b.sched.add(Request(0, 0.0, 8, 4, 1.0, 1.0))
@@ -239,7 +239,7 @@ def test_a_long_ttft_budget_does_not_buy_a_prefill_plan_the_decode_plan_would_co
     TTFT budget hides the copies back in (layers 0 and 2, 2 ms each): it runs at interval 2, 6.5 ms."""
     cfg = EngineConfig(max_num_batched_tokens=64, max_num_seqs=4)
     hw = tiny_hw(1e7, h2d_bytes_per_s=82_176 / 2e-3, bus_bytes_per_s=82_176 / 2e-3)
-    dep = Deployment(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=1), cfg)
+    dep = Cluster(tiny_model(), hw, ConstCost(), lambda: make_policy("selectn", hysteresis=1), cfg)
     rs = [Request(0, 0.0, 8, 30, 3600.0, 7e-3), Request(1, 0.03, 8, 30, 3600.0, 7e-3)]
     res = dep.run(rs)
     log = res.instances[0].policy.log
@@ -256,7 +256,7 @@ def test_staging_in_pieces_is_checked_against_the_record(tmp_path):
     cfg = EngineConfig(max_num_batched_tokens=64, max_num_seqs=4)
     rec = PerformanceRecord.build(tiny_model(), tiny_hw(1e7), ConstCost(), cfg, batch_sizes=(1, 4), seq_lens=(16, 32))
     path = rec.save(tmp_path / "whole.json")
-    ctx = InstanceContext(tiny_model(), tiny_hw(1e7), ConstCost(), cfg, 0, (0,), {})
+    ctx = InstanceContext(tiny_model(), tiny_hw(1e7), ConstCost(), cfg, 0, lone_bus())
     make_policy("selectn", record=str(path)).setup(ctx)  # the same staging: fine
     with pytest.raises(ValueError, match="stages layers in 1 piece.*staging_chunks=4"):
         make_policy("selectn", record=str(path), staging_chunks=4).setup(ctx)

@@ -1,4 +1,4 @@
-"""Model and hardware specs against published figures (DESIGN.md 'Facts worth knowing')."""
+"""Model and hardware specs against published figures (docs/architecture.md, 'Reference figures')."""
 
 import pytest
 
@@ -80,4 +80,4 @@ def test_a10_copy_to_compute_ratio_is_paper_like():
     """Select-N's A10: one layer's copy is several times its decode compute (paper: 13.8x decode at batch
     128, seq 64) -- the preset's HBM/PCIe ratio must put us in that range."""
     assert 20 < HW["a10"].hbm_over_pcie < 30
-    assert 55 < HW["h100-sxm"].hbm_over_pcie < 70  # DESIGN.md: ~60 on H100 + Gen5
+    assert 55 < HW["h100-sxm"].hbm_over_pcie < 70  # docs/architecture.md: ~60 on H100 + Gen5

@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from sim.api import SLO, PolicyRun, PolicySpec, simulate
+from sim.config.fixed_batch import FixedBatchExperiment
 from sim.config.schema import (  # noqa: F401 -- re-exported: the schema's public names live here too
     Arrivals,
     ClusterConfig,
@@ -264,3 +265,13 @@ class LoadedScenario:
             "cost_model": type(self.cost).__name__,
         }
         return d
+
+
+def load_experiment_file(path: str | Path) -> tuple[ModelSpec, list[FixedBatchExperiment]]:
+    """The model and the ``experiments:`` list of a scenario file (the fixed-batch contract with the torch
+    backend, `sim.config.fixed_batch`), validated like any scenario; errors are `ScenarioError` with a
+    one-line message."""
+    loaded = load_scenario(path)
+    if not loaded.sc.experiments:
+        raise ScenarioError(f"{Path(path).name}: experiments: needs at least one fixed-batch experiment")
+    return loaded.model, list(loaded.sc.experiments)

@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sim.api import PolicySpec
-from sim.config.experiments import FixedBatchExperiment
+from sim.config.fixed_batch import FixedBatchExperiment
 from sim.core.hardware import HardwareSpec, get_hardware
+from sim.core.units import GiB
 from sim.engine.memory import EngineConfig
 from sim.handlers import REGISTRY as HANDLERS
 from sim.policies import REGISTRY as POLICIES
@@ -44,11 +45,11 @@ class HardwareConfig(_Strict):
     host_memory_gib: float | None = Field(default=None, gt=0)
 
     def spec(self) -> HardwareSpec:
-        conv = {"gpu_memory_gib": ("gpu_memory_bytes", 2**30), "hbm_tb_per_s": ("hbm_bytes_per_s", 1e12),
+        conv = {"gpu_memory_gib": ("gpu_memory_bytes", GiB), "hbm_tb_per_s": ("hbm_bytes_per_s", 1e12),
                 "peak_tflops": ("peak_flops", 1e12), "h2d_gb_per_s": ("h2d_bytes_per_s", 1e9),
                 "d2h_gb_per_s": ("d2h_bytes_per_s", 1e9), "bus_gb_per_s": ("bus_bytes_per_s", 1e9),
                 "gpus_per_bus": ("gpus_per_bus", 1), "link_latency_us": ("link_latency_s", 1e-6),
-                "gpu_link_gb_per_s": ("gpu_link_bytes_per_s", 1e9), "host_memory_gib": ("host_memory_bytes", 2**30)}
+                "gpu_link_gb_per_s": ("gpu_link_bytes_per_s", 1e9), "host_memory_gib": ("host_memory_bytes", GiB)}
         over = {field: getattr(self, k) * f for k, (field, f) in conv.items() if getattr(self, k) is not None}
         if "gpus_per_bus" in over:
             over["gpus_per_bus"] = int(over["gpus_per_bus"])

@@ -85,7 +85,7 @@ PRESETS: dict[str, HardwareSpec] = {
         gpu_link_bytes_per_s=300 * GB, gpu_link_latency_s=8 * US,
         host_memory_bytes=2048 * GiB, gpus_per_node=8),
     # NVIDIA H100 datasheet (SXM5): 80 GB HBM3 (nvidia-smi 81,559 MiB), 3.35 TB/s, 989 TFLOPS BF16 dense,
-    # NVLink 4 900 GB/s total (450 per direction), PCIe Gen5 x16 (~53 GB/s pinned measured; DESIGN.md 50-56).
+    # NVLink 4 900 GB/s total (450 per direction), PCIe Gen5 x16 (~53 GB/s pinned measured; docs/architecture.md: 50-56).
     # DGX H100 user guide: 2 TB host memory; GPUs pair behind PCIe Gen5 switches with one x16 uplink each.
     "h100-sxm": HardwareSpec(
         name="h100-sxm", gpu_memory_bytes=81559 * MiB, hbm_bytes_per_s=3.35 * TB, peak_flops=989 * TFLOPS,
@@ -104,7 +104,7 @@ PRESETS: dict[str, HardwareSpec] = {
         gpu_link_bytes_per_s=450 * GB, gpu_link_latency_s=8 * US,
         host_memory_bytes=2048 * GiB, gpus_per_node=8),
     # NVIDIA GH200 Grace Hopper superchip datasheet (480 GB LPDDR5X variant): 96 GB HBM3 at 4 TB/s,
-    # 989 TFLOPS BF16 dense, NVLink-C2C 900 GB/s total; ~375 GB/s host->device measured (DESIGN.md,
+    # 989 TFLOPS BF16 dense, NVLink-C2C 900 GB/s total; ~375 GB/s host->device measured (docs/architecture.md,
     # from published GH200 microbenchmarks). One GPU per Grace CPU, so nothing shares the C2C link.
     "gh200": HardwareSpec(
         name="gh200", gpu_memory_bytes=96 * GiB, hbm_bytes_per_s=4.0 * TB, peak_flops=989 * TFLOPS,

@@ -37,6 +37,7 @@ class OffloadPlan:
     mode: Literal["prefetch", "uva"] = "prefetch"
     name: str = "resident"
     chunks: int = 1  # pieces each offloaded layer is streamed in (staging slots hold one piece each)
+    interval: int | None = None  # the Select-N offloading interval when the plan is one
 
     def __post_init__(self) -> None:
         L = self.num_layers
@@ -87,7 +88,7 @@ class OffloadPlan:
         off = tuple(g * interval + interval - 1 for g in range(groups))
         issue = tuple(g * interval for g in range(groups))
         return cls(num_layers, off, issue, num_buffers=1 if chunks == 1 else slots, name=f"select-n(i={interval})",
-                   chunks=chunks)
+                   chunks=chunks, interval=interval)
 
     @classmethod
     def deepspeed(cls, num_layers: int) -> "OffloadPlan":
@@ -149,13 +150,6 @@ class OffloadPlan:
     @property
     def num_offloaded(self) -> int:
         return len(self.offloaded)
-
-    @property
-    def interval(self) -> int | None:
-        """The Select-N interval if this plan is one, else None."""
-        if self.name.startswith("select-n(i="):
-            return int(self.name[len("select-n(i="):-1])
-        return None
 
     def host_bytes(self, model: ModelSpec) -> float:
         """Weight bytes that live in host memory under this plan."""

@@ -65,6 +65,20 @@ class Timeline:
             return
         self.spans.append(Span(resource, kind, layer, start_s, end_s, nbytes, label))
 
+    def add_iteration(self, gpu: int, layers: Iterable[tuple[float, float]],
+                      copies: Iterable[tuple[str, int, float, float, float]] = (),
+                      fixed: Iterable[tuple[float, float]] = (), label: str = "") -> None:
+        """One iteration of GPU ``gpu`` layer by layer: its layers' compute spans (in layer order), its host
+        copies ``(kind, layer, start, end, bytes)`` and its fixed work outside the layers (embedding, LM head).
+        The simulator and the torch backend both record iterations with it."""
+        comp, h2d = f"gpu{gpu}/compute", f"gpu{gpu}/h2d"
+        for layer, (s, e) in enumerate(layers):
+            self.add(comp, "layer", s, e, layer, label=label)
+        for kind, layer, s, e, b in copies:
+            self.add(h2d, kind, s, e, layer, b, label=label)
+        for s, e in fixed:
+            self.add(comp, "fixed", s, e, label=label)
+
     def mark(self, resource: str, name: str, time_s: float) -> None:
         """An instant event (a drop, a restore, a plan change)."""
         self.instants.append((resource, name, time_s))

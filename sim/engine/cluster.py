@@ -1,282 +1,171 @@
-"""A cluster: N data-parallel serving units behind a router (DESIGN.md, "KunServe in memslo").
+"""A cluster: N data-parallel instances (one GPU each) behind a router, sharing PCIe buses and the host
+memory of their nodes, fed by one arrival stream. Runs one policy over one list of requests.
 
-`Cluster` is a `Deployment` whose instances are `ClusterInstance`s (each one GPU holding a full weight
-replica). It adds what cluster-level overload handlers (`sim.handlers`) need:
+The router sends each request to a serving unit: a GPU's own instance, or a unit an overload handler
+formed over several GPUs (a KunServe pipelined group, `ServingUnit`). Round-robin picks a GPU and sends to
+its unit; least-loaded picks the unit with the least KV demand relative to its capacity, in O(units) per
+request (demand is kept as counters). Overload handlers (`sim.engine.handler`) act on the cluster through
+`set_unit`, `mark` and `count`, and on its instances through their engine hooks.
 
-- KV demand per instance in O(1): the waiting and swapped queues are `DemandQueue`s that keep the blocks
-  their requests need as a counter, so demand = blocks in use + queued blocks without scanning queues
-  (the least-loaded router asks for it on every arrival);
-- serving units: a GPU serves alone or as a member of a pipelined group (`sim.handlers.kunserve`); the
-  router sends a request to the unit of the GPU it picks (round-robin), or to the unit with the least
-  demand relative to its capacity (least-loaded, ties to the lowest GPU);
-- engine hooks: a callback at the engine's next iteration boundary, taking a running request out of a
-  scheduler and putting one in with its KV blocks (keeping the implicit decode bookkeeping right), blocks
-  held for requests in flight, and a deferred close (an engine that a peer may still hand requests to
-  stays open until released).
-
-The GPU<->GPU links (``peer_route``) and each GPU's host link (``h2d_route``) are the deployment's `Fabric`,
-sized from the hardware spec (``gpu_link_bytes_per_s``, ``h2d_bytes_per_s``, shared buses).
+The GPU<->GPU links (``peer_route``) and each GPU's host link (``h2d_route``) are the cluster's `Fabric`,
+sized from the hardware spec; each upstream bus is also a `Bus` through which the policies of its GPUs
+see each other.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, Callable, Generator, Iterable
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Iterable, Literal, Protocol, Sequence
 
 import simpy
 
+from sim.core.hardware import HardwareSpec
+from sim.core.model import ModelSpec
 from sim.core.request import Request, State
-from sim.engine.deployment import Deployment
+from sim.core.timeline import Timeline
+from sim.cost.base import CostModel
+from sim.engine.bus import Bus
 from sim.engine.instance import Instance
-from sim.engine.iteration import IterationTiming
-from sim.engine.scheduler import ScheduledBatch
+from sim.engine.link import Fabric, HostMemory
+from sim.engine.memory import EngineConfig
+from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.engine.scheduler import Scheduler
+
+Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
+# Asked every progress step with the requests and the simulated time; True stops the run (e.g. a capacity
+# search that already knows the SLO target is missed). Unfinished requests are then rejected.
+StopRule = Callable[[Sequence[Request], float], bool]
 
 
-class DemandQueue(deque):
-    """A request queue that keeps, as ``blocks``, the KV blocks its requests need to run again
-    (``ceil((tokens + 1) / block_size)`` each: their KV plus the next token), updated on every change."""
+class ServingUnit(Protocol):
+    """What the router needs of a serving unit: its lowest GPU, where requests go, its KV demand and
+    capacity in blocks."""
 
-    def __init__(self, block_size: int, items: Iterable[Request] = ()) -> None:
-        super().__init__()
-        self.block_size = block_size
-        self.blocks = 0
-        for r in items:
-            self.append(r)
-
-    def need(self, r: Request) -> int:
-        return -(-(r.prompt_tokens + r.generated + 1) // self.block_size)
-
-    def append(self, r: Request) -> None:
-        super().append(r)
-        self.blocks += self.need(r)
-
-    def appendleft(self, r: Request) -> None:
-        super().appendleft(r)
-        self.blocks += self.need(r)
-
-    def insert(self, i: int, r: Request) -> None:
-        super().insert(i, r)
-        self.blocks += self.need(r)
-
-    def extend(self, rs: Iterable[Request]) -> None:
-        for r in rs:
-            self.append(r)
-
-    def extendleft(self, rs: Iterable[Request]) -> None:
-        for r in rs:
-            self.appendleft(r)
-
-    def pop(self) -> Request:
-        r = super().pop()
-        self.blocks -= self.need(r)
-        return r
-
-    def popleft(self) -> Request:
-        r = super().popleft()
-        self.blocks -= self.need(r)
-        return r
-
-    def remove(self, r: Request) -> None:
-        super().remove(r)
-        self.blocks -= self.need(r)
-
-    def __delitem__(self, i: int) -> None:  # type: ignore[override]
-        r = self[i]
-        super().__delitem__(i)
-        self.blocks -= self.need(r)
-
-    def clear(self) -> None:
-        super().clear()
-        self.blocks = 0
-
-
-class ClusterInstance(Instance):
-    """An `Instance` a cluster can coordinate. While ``group`` is set, the GPU serves in a pipelined group
-    (the group's lowest GPU runs the group's scheduler; the group times its iterations and reports the
-    memory of every member GPU)."""
-
-    group: Any = None  # a handlers.kunserve group while this GPU serves in one (class default: the base
-    # constructor already asks for the memory in use)
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        bs = self.bm.block_size
-        self.sched.waiting = DemandQueue(bs, self.sched.waiting)
-        self.sched.swapped = DemandQueue(bs, self.sched.swapped)
-        self.cluster: Cluster | None = None
-        self.reserved_blocks = 0  # KV blocks held for requests in flight (owned by no queue here)
-        self.in_flight = False  # an iteration is scheduled and not yet complete
-        self.holds = 0
-        self.close_requested = False
-        self.ended = False
-        self._boundary: list[Callable[[ClusterInstance], None]] = []
-
-    # --- the serving-unit protocol (the router's view) -------------------------------------------------
-    def demand_blocks(self) -> int:
-        """KV blocks in use plus those the queued requests need (KunServe's memory demand), O(1)."""
-        return self.bm.used + self.queued_blocks()
-
-    def queued_blocks(self) -> int:
-        return self.sched.waiting.blocks + self.sched.swapped.blocks  # type: ignore[attr-defined]
-
-    def capacity_blocks(self) -> int:
-        return self.bm.num_blocks
-
-    def head_blocks(self) -> int:
-        """Blocks the first queued request needs to be admitted, the admission watermark included."""
-        s = self.sched
-        q = s.swapped if s.swapped else s.waiting
-        if not q:
-            return 0
-        return q.need(q[0]) + (0 if s.swapped else int(s.cfg.watermark * self.bm.num_blocks))  # type: ignore[attr-defined]
-
-    # --- boundaries, moves, holds ----------------------------------------------------------------------
     @property
-    def idle(self) -> bool:
-        """Waiting for work (no iteration in flight)."""
-        return self._wake is not None
+    def gpu(self) -> int: ...
 
-    def at_boundary(self, fn: Callable[["ClusterInstance"], None]) -> None:
-        """Call ``fn(self)`` when no iteration is in flight: now if idle, else at the current one's end."""
-        if not self.in_flight:
-            fn(self)
-        else:
-            self._boundary.append(fn)
+    def enqueue(self, req: Request) -> None: ...
 
-    def take_running(self, req: Request) -> str:
-        """Take a running request out of this engine between iterations; it keeps its KV blocks (still
-        counted here until the caller releases them). Returns ``"decode"`` or ``"prefill"``."""
-        assert not self.in_flight, "requests move between iterations"
-        s = self.sched
-        if s.decoding.get(req.id) is req:
-            s._leave_decode(req, s.k)
-            return "decode"
-        s.prefilling.remove(req)
-        return "prefill"
+    def demand_blocks(self) -> int: ...
 
-    def put_running(self, req: Request, kind: str) -> None:
-        """Resume a request here with its KV blocks (already counted in this engine's pool); it runs from
-        the next iteration this engine schedules."""
-        assert not self.ended, f"gpu{self.gpu} has stopped"
-        s = self.sched
-        req.instance = self.gpu
-        req.state = State.RUNNING
-        if kind == "decode":
-            s._enter_decode(req, s.k + 1 if self.in_flight else s.k)
-        else:
-            s.prefilling.append(req)
-        self.wake()
-
-    def hold(self) -> None:
-        """Keep this engine open (a peer may still hand it requests) even after its arrivals end."""
-        self.holds += 1
-
-    def release(self) -> None:
-        self.holds -= 1
-        if self.holds == 0 and self.close_requested and not self.closed:
-            Instance.close(self)
-
-    def close(self) -> None:
-        self.close_requested = True
-        if self.holds == 0:
-            super().close()
-        elif self.group is not None:
-            self.group.after_step()
-
-    # --- engine overrides -------------------------------------------------------------------------------
-    def run(self) -> Generator[simpy.Event, object, None]:
-        yield from super().run()
-        self.ended = True
-
-    def _execute(self, batch: ScheduledBatch) -> Generator[simpy.Event, object, IterationTiming]:
-        self.in_flight = True
-        if self.group is not None:
-            timing = yield from self.group.execute(self, batch)
-        else:
-            timing = yield from super()._execute(batch)
-        return timing
-
-    def _record(self, batch: ScheduledBatch, tm: IterationTiming) -> None:
-        self.in_flight = False
-        n = len(self.samples)
-        super()._record(batch, tm)
-        if self.group is not None and len(self.samples) > n:
-            self.group.sample_followers(self, batch.shape, tm.end_s - tm.start_s)
-        if self._boundary:
-            hooks, self._boundary = self._boundary, []
-            for fn in hooks:
-                fn(self)
-        if self.group is not None:
-            self.group.after_step()
-
-    def sample(self, shape: Any = None, iteration_s: float = 0.0) -> tuple:
-        if self.group is not None:
-            return self.group.sample_row(self, shape, iteration_s)
-        return super().sample(shape, iteration_s)
-
-    def gpu_memory_used(self) -> float:
-        if self.group is not None:
-            return self.group.gpu_bytes(self)
-        return super().gpu_memory_used()
-
-    def check_invariants(self) -> None:
-        if self.group is not None:
-            self.group.check_invariants()
-            return
-        s = self.sched
-        assert self.bm.used <= self.bm.num_blocks, "KV blocks over capacity"
-        assert self.gpu_memory_used() <= self.layout.usable_bytes + 1e-3, "GPU memory over capacity"
-        held = sum(r.blocks for r in s.decoding.values()) + sum(r.blocks for r in s.prefilling)
-        held += sum(r.blocks for r in s.waiting) + self.reserved_blocks + getattr(s, "paused_blocks", 0)
-        assert held == self.bm.used, f"gpu{self.gpu}: blocks held ({held}) != blocks in use ({self.bm.used})"
-        for q in (s.waiting, s.swapped):
-            assert q.blocks == sum(q.need(r) for r in q), "queued-demand counter drifted"  # type: ignore[attr-defined]
-        for r in s.decoding.values():
-            assert r.state == State.RUNNING
+    def capacity_blocks(self) -> int: ...
 
 
-class Cluster(Deployment):
-    """N data-parallel `ClusterInstance`s behind a router over serving units (GPUs or groups)."""
+def _delay_to(now: float, t: float) -> float:
+    """The smallest delay d with now + d >= t in floating point, so nothing happens before its time."""
+    d = t - now
+    while now + d < t:
+        d = math.nextafter(d, math.inf)
+    return d
 
-    instance_cls = ClusterInstance
-    instances: list[ClusterInstance]  # type: ignore[assignment]
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
+@dataclass
+class RunResult:
+    """The outcome of one policy on one request list."""
+
+    policy: str
+    requests: list[Request]
+    instances: list[Instance] = field(default_factory=list)
+    hosts: list[HostMemory] = field(default_factory=list)
+    fabric: Fabric | None = None
+    timeline: Timeline | None = None
+    simulated_s: float = 0.0
+    wall_s: float = 0.0
+    interrupted: bool = False
+    error: str | None = None  # set when the policy could not run at all (e.g. the model does not fit)
+    description: str = ""
+    stats: dict[str, float] = field(default_factory=dict)  # what handlers counted (`Cluster.count`)
+
+
+class Cluster:
+    """N data-parallel instances behind a router over serving units."""
+
+    def __init__(self, model: ModelSpec | Sequence[ModelSpec], hw: HardwareSpec, cost: CostModel | Sequence[CostModel],
+                 policy_factory: Callable[[], OffloadPolicy], engine: EngineConfig | None = None,
+                 num_gpus: int = 1, router: Literal["round-robin", "least-loaded"] = "round-robin",
+                 timeline: Timeline | None = None, detail_iterations: int = 0,
+                 sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler) -> None:
+        if num_gpus < 1:
+            raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
+        if router not in ("round-robin", "least-loaded"):
+            raise ValueError(f"router must be 'round-robin' or 'least-loaded', got {router!r}")
+        # one model (and cost model) for every GPU, or a list with one per GPU (e.g. two models on one bus)
+        models = list(model) if isinstance(model, (list, tuple)) else [model] * num_gpus
+        costs = list(cost) if isinstance(cost, (list, tuple)) else [cost] * num_gpus
+        if len(models) != num_gpus or len(costs) != num_gpus:
+            raise ValueError(f"one model and cost model per GPU: got {len(models)} models and {len(costs)} cost "
+                             f"models for {num_gpus} GPUs")
+        self.engine = engine or EngineConfig()
+        self.env = simpy.Environment()
+        self.fabric = Fabric.for_gpus(self.env, hw, num_gpus)
+        self.timeline = timeline
+        if timeline is not None:
+            self.fabric.on_span = self._on_transfer
+        n_nodes = -(-num_gpus // hw.gpus_per_node)
+        self.hosts = [HostMemory(hw.host_memory_bytes) for _ in range(n_nodes)]
+        self.router = router
+        per_bus: dict[int, list[int]] = {}
+        for g in range(num_gpus):
+            per_bus.setdefault(g // hw.gpus_per_bus, []).append(g)
+        self.buses = {b: Bus(b, hw.bus_bytes_per_s, tuple(gs)) for b, gs in per_bus.items()}
+        self.instances: list[Instance] = []
+        for g in range(num_gpus):
+            ctx = InstanceContext(models[g], hw, costs[g], self.engine, g, self.buses[g // hw.gpus_per_bus])
+            self.instances.append(Instance(self.env, ctx, policy_factory(), self.fabric,
+                                           self.hosts[g // hw.gpus_per_node], timeline, detail_iterations,
+                                           sample_interval_s, scheduler_class))
+        # A bus is private when at most one of its GPUs ever moves data over it; then iterations on it
+        # are timed in closed form.
         for inst in self.instances:
-            inst.cluster = self
-        self.unit_of: list[Any] = list(self.instances)  # GPU -> its serving unit
-        self._units: list[Any] = list(self.instances)
-        self.groups: list[Any] = []  # pipelined groups, in order of formation (handlers/kunserve)
+            users = [o for o in self.instances if o.ctx.bus is inst.ctx.bus
+                     and (o.policy.uses_host_link or self.engine.preemption == "swap")]
+            inst.private = len(users) <= 1
+        self._rr = 0
+        self.unit_of: list[ServingUnit] = list(self.instances)  # GPU -> its serving unit
+        self._units: list[ServingUnit] = list(self.instances)
+        self.groups: list[ServingUnit] = []  # multi-GPU units in order of formation (handlers add them)
         self.stats: dict[str, float] = {}
 
-    def units(self) -> list[Any]:
+    def _on_transfer(self, resource: str, tag: str, start: float, end: float, nbytes: float) -> None:
+        assert self.timeline is not None
+        gpu = resource.split("/", 1)[0]
+        bus = f"bus{self.fabric.bus_of(int(gpu[3:]))}" if gpu.startswith("gpu") else gpu
+        direction = resource.rsplit("/", 1)[-1]
+        self.timeline.add(f"{bus}/{direction}", tag, start, end, -1, nbytes, f"{gpu} {tag}")
+        if tag not in ("weights", "uva"):  # weight reads are on the GPU's track already (the instance records them)
+            self.timeline.add(resource, tag, start, end, -1, nbytes)
+
+    # --- serving units and routing ----------------------------------------------------------------------
+    def units(self) -> list[ServingUnit]:
         """Distinct serving units in GPU order."""
         return self._units
 
-    def set_unit(self, gpus: Iterable[int], unit: Any) -> None:
-        """Route the requests of ``gpus`` to ``unit`` (a group, or back to each GPU's own instance when
-        ``unit`` is None)."""
+    def set_unit(self, gpus: Iterable[int], unit: ServingUnit | None) -> None:
+        """Route the requests of ``gpus`` to ``unit`` (a multi-GPU unit, or back to each GPU's own instance
+        when ``unit`` is None)."""
         for g in gpus:
             self.unit_of[g] = unit if unit is not None else self.instances[g]
-        seen: dict[int, Any] = {}
+        seen: dict[int, ServingUnit] = {}
         for u in self.unit_of:
             seen.setdefault(id(u), u)
         self._units = list(seen.values())
 
-    def route(self, req: Request) -> Any:
+    def route(self, req: Request) -> ServingUnit:
         n = len(self.instances)
         if self.router == "round-robin" or n == 1:
             inst = self.instances[self._rr % n]
             self._rr += 1
             return self.unit_of[inst.gpu]
-        best, key = None, (float("inf"), 0)
+        best, key = self._units[0], (float("inf"), 0)
         for u in self._units:
             k = (u.demand_blocks() / max(u.capacity_blocks(), 1), u.gpu)
             if k < key:
                 best, key = u, k
         return best
 
+    # --- what handlers report ---------------------------------------------------------------------------
     def mark(self, gpus: Iterable[int], name: str) -> None:
         """An instant event on each GPU's compute track of the timeline (drops, restores)."""
         if self.timeline is not None:
@@ -285,3 +174,67 @@ class Cluster(Deployment):
 
     def count(self, key: str, value: float = 1.0) -> None:
         self.stats[key] = self.stats.get(key, 0.0) + value
+
+    # --- the run ----------------------------------------------------------------------------------------
+    def _arrivals(self, requests: list[Request]) -> Generator[simpy.Event, object, None]:
+        env = self.env
+        for req in requests:
+            if req.arrival_s > env.now:
+                yield env.timeout(_delay_to(env.now, req.arrival_s))
+            self.route(req).enqueue(req)
+        for inst in self.instances:
+            inst.close()
+
+    def _monitor(self, requests: list[Request], progress: Progress | None, stop: StopRule | None,
+                 stopped: simpy.Event, step_s: float) -> Generator[simpy.Event, object, None]:
+        total = len(requests)
+        while True:
+            done = sum(len(i.done) for i in self.instances)
+            if progress is not None:
+                progress(self.env.now, done, total)
+            if done >= total:
+                return
+            if stop is not None and stop(requests, self.env.now):
+                stopped.succeed()
+                return
+            yield self.env.timeout(step_s)
+
+    def run(self, requests: list[Request], until_s: float | None = None, progress: Progress | None = None,
+            progress_step_s: float = 5.0, name: str = "", stop: StopRule | None = None) -> RunResult:
+        """Serve ``requests`` (sorted by arrival). Stops at ``until_s`` if given, or when ``stop`` (asked
+        every ``progress_step_s``) says so; requests unfinished then, or when interrupted (Ctrl-C), are
+        rejected with that reason, so every request ends in one state."""
+        wall0 = time.perf_counter()
+        env = self.env
+        env.process(self._arrivals(requests))
+        procs = [env.process(inst.run()) for inst in self.instances]
+        stopped = env.event()
+        if progress is not None or stop is not None:
+            env.process(self._monitor(requests, progress, stop, stopped, progress_step_s))
+        interrupted = False
+        try:
+            if until_s is None:
+                all_done = simpy.AllOf(env, procs)
+                env.run(until=all_done if stop is None else simpy.AnyOf(env, [all_done, stopped]))
+            elif stop is None:
+                env.run(until=until_s)
+            else:
+                env.run(until=simpy.AnyOf(env, [env.timeout(_delay_to(env.now, until_s)), stopped]))
+        except KeyboardInterrupt:
+            interrupted = True
+        now = env.now
+        reason = ("interrupted" if interrupted else
+                  f"stopped early at {now:.1f} s: the outcome was decided" if stopped.triggered else
+                  f"unfinished at the end of the simulation ({now:.1f} s)")
+        for req in requests:
+            if not req.done:
+                if req.state == State.PENDING:
+                    req.reject("not arrived before the simulation ended" if not interrupted else reason, now)
+                else:
+                    req.reject(reason, now)
+                    if 0 <= req.instance < len(self.instances):
+                        self.instances[req.instance].done.append(req)
+        end = max([now] + [r.finish_s for r in requests if r.finish_s is not None])
+        return RunResult(name or self.instances[0].policy.name, requests, self.instances, self.hosts, self.fabric,
+                         self.timeline, end, time.perf_counter() - wall0, interrupted,
+                         description=self.instances[0].policy.describe(), stats=self.stats)

@@ -4,42 +4,122 @@ Each iteration: the scheduler picks the batch, the policy picks the plan (changi
 resizes the KV pool), the executor times the forward pass -- in closed form when the GPU's host link is
 private for the iteration, with events on the shared fabric otherwise -- and the scheduler applies the
 outcome at the iteration's end.
+
+Policies see an instance through its `InstanceView` (`sim.engine.view.EngineView`). Overload handlers use
+its engine hooks (`sim.engine.hooks`) and may give it a delegate (`IterationDelegate`) that times its
+iterations while the GPU serves in a multi-GPU unit.
 """
 
 from __future__ import annotations
 
-from typing import Generator
+from typing import Callable, Generator, Mapping, Sequence
 
 import simpy
 
-from sim.core.batch import BatchShape
+from sim.core.model import ModelSpec
 from sim.core.offload_plan import OffloadPlan
-from sim.core.request import Request, State
+from sim.core.request import Request
 from sim.core.timeline import Timeline
+from sim.engine.hooks import HandlerHooks
 from sim.engine.iteration import IterationTiming, compile_copies, run_closed_form, run_events
 from sim.engine.kv import BlockManager
 from sim.engine.link import Fabric, HostMemory
-from sim.engine.memory import MemoryLayout
+from sim.engine.memory import EngineConfig, MemoryLayout
+from sim.engine.observation import InstanceObservation, IterationDelegate
 from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.engine.sample import Sample
 from sim.engine.scheduler import ScheduledBatch, Scheduler
 
-SAMPLE_FIELDS = ("time_s", "gpu", "waiting", "running", "swapped", "kv_used_blocks", "kv_total_blocks",
-                 "weights_bytes", "staging_bytes", "workspace_bytes", "kv_pool_bytes", "kv_used_bytes",
-                 "usable_bytes", "host_used_bytes", "h2d_bytes_total", "d2h_bytes_total", "bus_h2d_bytes_total",
-                 "offloaded_layers", "interval", "batch_tokens", "decode_seqs", "iteration_s",
-                 "group", "stages", "kv_capacity_tokens", "host_weights_bytes", "host_kv_bytes")
-# group: the pipelined group this GPU serves in (-1: alone); stages: pipeline stages of its serving unit;
-# kv_capacity_tokens: this GPU's share of its unit's KV capacity (summing over GPUs gives the cluster's)
+
+class InstanceView:
+    """The `sim.engine.view.EngineView` of an instance: what its policy and its bus peers may see."""
+
+    __slots__ = ("_inst",)
+
+    def __init__(self, inst: "Instance") -> None:
+        self._inst = inst
+
+    @property
+    def gpu(self) -> int:
+        return self._inst.gpu
+
+    @property
+    def model(self) -> ModelSpec:
+        return self._inst.ctx.model
+
+    @property
+    def config(self) -> EngineConfig:
+        return self._inst.ctx.engine
+
+    @property
+    def plan(self) -> OffloadPlan:
+        return self._inst.plan
+
+    @property
+    def step(self) -> int:
+        return self._inst.sched.k
+
+    @property
+    def now(self) -> float:
+        return self._inst.env.now
+
+    @property
+    def current_batch(self) -> ScheduledBatch | None:
+        return self._inst.current_batch
+
+    @property
+    def waiting(self) -> Sequence[Request]:
+        return self._inst.sched.waiting
+
+    @property
+    def prefilling(self) -> Sequence[Request]:
+        return self._inst.sched.prefilling
+
+    @property
+    def decoding(self) -> Mapping[int, Request]:
+        return self._inst.sched.decoding
+
+    @property
+    def kv_used_blocks(self) -> int:
+        return self._inst.bm.used
+
+    @property
+    def kv_total_blocks(self) -> int:
+        return self._inst.bm.num_blocks
+
+    def in_flight(self) -> bool:
+        return self._inst.sched.in_flight()
+
+    def decode_ctx_sum(self) -> int:
+        return self._inst.sched.decode_ctx_sum()
+
+    def generated_now(self, req: Request) -> int:
+        return self._inst.sched.generated_now(req)
+
+    def decodes_needing_block(self, step: int) -> int:
+        return self._inst.sched.decodes_needing_block(step)
+
+    def wake(self) -> None:
+        self._inst.wake()
+
+    def wake_at(self, time_s: float) -> None:
+        self._inst.wake_at(time_s)
+
+    def request_plan(self, plan: OffloadPlan) -> bool:
+        return self._inst.request_plan(plan)
 
 
-class Instance:
+class Instance(HandlerHooks, InstanceObservation):
     """A serving engine on GPU ``ctx.gpu``. Raises `ModelDoesNotFit` if the policy's plan cannot run."""
 
     def __init__(self, env: simpy.Environment, ctx: InstanceContext, policy: OffloadPolicy, fabric: Fabric,
                  host: HostMemory, timeline: Timeline | None = None, detail_iterations: int = 0,
-                 sample_interval_s: float = 0.25) -> None:
+                 sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler) -> None:
         self.env, self.ctx, self.policy, self.fabric, self.host = env, ctx, policy, fabric, host
         self.gpu = ctx.gpu
+        self.delegate: IterationDelegate | None = None  # set while this GPU serves in a multi-GPU unit
+        self.view = InstanceView(self)
+        self.bus_member = ctx.bus.join(self.gpu, self.view)
         model, hw, cfg = ctx.model, ctx.hw, ctx.engine
         policy.setup(ctx)
         self.plan: OffloadPlan = policy.initial_plan()
@@ -49,21 +129,22 @@ class Instance:
         self.host_weight_bytes = policy.host_weight_bytes()
         host.allocate("weights", self.host_weight_bytes)
         self.bm = BlockManager(self.layout.kv_blocks, cfg.block_size)
-        self.sched = Scheduler(self.bm, cfg, self.layout.block_bytes, host, on_finish=self._on_done,
-                               on_reject=self._on_done, admit_hook=self._admit)
+        self.sched = scheduler_class(self.bm, cfg, self.layout.block_bytes, host, on_finish=self._on_done,
+                                     on_reject=self._on_done, admit_hook=self._admit)
         self.layer_bytes = model.weight_bytes_per_layer
         self.h2d_route = fabric.h2d_route(self.gpu)
         self.d2h_route = fabric.d2h_route(self.gpu)
         self.h2d_rate = fabric.private_rate(self.h2d_route)
         self.d2h_rate = fabric.private_rate(self.d2h_route)
-        self.private = True  # set by the deployment: nobody else uses this GPU's bus
+        self.private = True  # set by the cluster: nobody else uses this GPU's bus
         self.closed = False
         self._wake: simpy.Event | None = None
+        self._wake_at: float | None = None
         self.timeline = timeline
         self.detail_left = detail_iterations
         self.sample_interval_s = sample_interval_s
         self._last_sample = -float("inf")
-        self.samples: list[tuple] = []
+        self.samples: list[Sample] = []
         self.done: list[Request] = []
         self.iterations = 0
         self.busy_s = 0.0
@@ -74,6 +155,13 @@ class Instance:
         self.peak_host_bytes = 0.0  # weights in host memory under the plan + swapped KV, at its highest
         self.track = f"gpu{self.gpu}"
         self.current_batch: ScheduledBatch | None = None  # the iteration being planned/run (policies read it)
+        # engine hooks for overload handlers
+        self.reserved_blocks = 0  # KV blocks held for requests in flight (owned by no queue here)
+        self.in_flight = False  # an iteration is scheduled and not yet complete
+        self.holds = 0
+        self.close_requested = False
+        self.ended = False
+        self._boundary: list[Callable[[Instance], None]] = []
 
     # --- requests in ----------------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
@@ -91,13 +179,34 @@ class Instance:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
+    def wake_at(self, t: float) -> None:
+        """Wake this instance at ``t`` (once; an earlier pending wake-up wins)."""
+        if self._wake_at is not None and self._wake_at <= t:
+            return
+        self._wake_at = t
+        env = self.env
+
+        def wake() -> Generator[simpy.Event, object, None]:
+            yield env.timeout(max(t - env.now, 0.0))
+            if self._wake_at == t:
+                self._wake_at = None
+            self.wake()
+        env.process(wake())
+
     def close(self) -> None:
-        """No more requests will arrive."""
+        """No more requests will arrive (the engine stays open while a handler holds it)."""
+        self.close_requested = True
+        if self.holds == 0:
+            self._close()
+        elif self.delegate is not None:
+            self.delegate.after_step()
+
+    def _close(self) -> None:
         self.closed = True
         self.wake()
 
     def _admit(self, req: Request, now: float) -> str | None:
-        return self.policy.admit(self, req, now)
+        return self.policy.admit(self.view, req, now)
 
     def _on_done(self, req: Request) -> None:
         self.done.append(req)
@@ -140,8 +249,25 @@ class Instance:
         self.plan_changes += 1
         return promote
 
+    def request_plan(self, plan: OffloadPlan) -> bool:
+        """A policy's switch outside `plan_for` (see `EngineView.request_plan`): the host reservation for
+        weights follows the policy's `host_weight_bytes` after the switch."""
+        if plan == self.plan:
+            return True
+        if self.apply_plan(plan) is None:
+            return False
+        new = self.policy.host_weight_bytes()
+        self.host.free("weights", self.host_weight_bytes)
+        self.host.allocate("weights", new)
+        self.host_weight_bytes = new
+        return True
+
     # --- the process ----------------------------------------------------------------------------------
     def run(self) -> Generator[simpy.Event, object, None]:
+        yield from self._serve()
+        self.ended = True
+
+    def _serve(self) -> Generator[simpy.Event, object, None]:
         env, sched = self.env, self.sched
         while True:
             if not sched.has_work():
@@ -158,7 +284,7 @@ class Instance:
             if batch is None:
                 # Work is queued but nothing fits, and nothing runs that could free memory (unless the
                 # policy holds the queue back for now and will wake this instance).
-                if self.closed and not self.policy.holds_back(self):
+                if self.closed and not self.policy.holds_back(self.view):
                     for req in [*sched.waiting, *sched.swapped, *sched.prefilling]:
                         self._drop(req, "could not be scheduled: the KV pool cannot hold it")
                     return
@@ -171,14 +297,18 @@ class Instance:
             used = self.gpu_memory_used()
             if used > self.peak_gpu_bytes:
                 self.peak_gpu_bytes = used
-            timing = yield from self._execute(batch)
+            self.in_flight = True
+            if self.delegate is not None:
+                timing = yield from self.delegate.execute(self, batch)
+            else:
+                timing = yield from self._execute(batch)
             held = self.plan.host_bytes(self.ctx.model) + sched.swap_bytes_used
             if held > self.peak_host_bytes:
                 self.peak_host_bytes = held
             sched.complete(batch, env.now)
             self.iterations += 1
             self.busy_s += timing.end_s - timing.start_s
-            self._record(batch, timing)
+            self._end_iteration(batch, timing)
 
     def _execute(self, batch: ScheduledBatch) -> Generator[simpy.Event, object, IterationTiming]:
         env, ctx = self.env, self.ctx
@@ -187,7 +317,7 @@ class Instance:
         self.current_batch = batch
         promote: tuple[int, ...] = ()
         if not shape.is_empty:
-            plan = self.policy.plan_for(self, shape, now)
+            plan = self.policy.plan_for(self.view, shape, now)
             if plan != self.plan:
                 promote = self.apply_plan(plan) or ()
         if shape.is_empty:
@@ -231,49 +361,13 @@ class Instance:
                                            self.layer_bytes, swap_list, record)
         return timing
 
-    # --- observation ----------------------------------------------------------------------------------
-    def _record(self, batch: ScheduledBatch, tm: IterationTiming) -> None:
-        tl = self.timeline
-        if tl is not None:
-            comp = f"{self.track}/compute"
-            shape = batch.shape
-            label = f"it {batch.k}: P{shape.prefill_tokens} D{shape.decode_tokens}"
-            if self.detail_left > 0:
-                self.detail_left -= 1
-                for l, (s, e) in enumerate(zip(tm.layer_start_s, tm.layer_end_s)):
-                    tl.add(comp, "layer", s, e, l)
-                for l, s, e, b in tm.copies:
-                    tl.add(f"{self.track}/h2d", "copy", s, e, l, b)
-                for l, s, e, b in tm.uva:
-                    tl.add(f"{self.track}/h2d", "uva", s, e, l, b)
-            elif tm.copy_bytes:
-                tl.add(f"{self.track}/h2d", "copies", tm.copy_first_s, tm.copy_last_s, -1, tm.copy_bytes)
-            tl.add(comp, "iteration", tm.start_s, tm.end_s, -1, 0.0, label)
-        now = self.env.now
-        if now - self._last_sample >= self.sample_interval_s:
-            self._last_sample = now
-            self.samples.append(self.sample(batch.shape, tm.end_s - tm.start_s))
-
-    def sample(self, shape: BatchShape | None = None, iteration_s: float = 0.0) -> tuple:
-        s, lay, bm = self.sched, self.layout, self.bm
-        return (self.env.now, self.gpu, len(s.waiting), s.num_running, len(s.swapped), bm.used, bm.num_blocks,
-                lay.weights_bytes, lay.staging_bytes, lay.workspace_bytes, lay.kv_pool_bytes,
-                bm.used * lay.block_bytes, lay.usable_bytes, self.host.used_bytes,
-                self.fabric.bytes_moved[self.h2d_route[0]], self.fabric.bytes_moved[self.d2h_route[0]],
-                self.fabric.bytes_moved[self.h2d_route[1]], self.plan.num_offloaded, self.plan.interval or 0,
-                shape.tokens if shape else 0, shape.decode_tokens if shape else 0, iteration_s,
-                -1, 1, bm.num_blocks * bm.block_size, self.plan.host_bytes(self.ctx.model), s.swap_bytes_used)
-
-    def gpu_memory_used(self) -> float:
-        lay = self.layout
-        return lay.weights_bytes + lay.staging_bytes + lay.workspace_bytes + self.bm.used * lay.block_bytes
-
-    def check_invariants(self) -> None:
-        """Memory within capacity and block counts consistent (tests call this between events)."""
-        assert self.bm.used <= self.bm.num_blocks, "KV blocks over capacity"
-        assert self.gpu_memory_used() <= self.layout.usable_bytes + 1e-3, "GPU memory over capacity"
-        held = sum(r.blocks for r in self.sched.decoding.values()) + sum(r.blocks for r in self.sched.prefilling)
-        held += sum(r.blocks for r in self.sched.waiting)
-        assert held == self.bm.used, f"blocks held by requests ({held}) != blocks in use ({self.bm.used})"
-        for r in self.sched.decoding.values():
-            assert r.state == State.RUNNING
+    def _end_iteration(self, batch: ScheduledBatch, tm: IterationTiming) -> None:
+        """Record the iteration, then run what waits for this boundary."""
+        self.in_flight = False
+        self._record(batch, tm)
+        if self._boundary:
+            hooks, self._boundary = self._boundary, []
+            for fn in hooks:
+                fn(self)
+        if self.delegate is not None:
+            self.delegate.after_step()

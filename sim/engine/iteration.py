@@ -1,6 +1,6 @@
 """The iteration executor: when each decoder layer computes and each weight copy moves in one forward pass.
 
-Rules (DESIGN.md, "The iteration model"): layer l computes from max(end of layer l-1, arrival of its
+Rules (docs/architecture.md, "An iteration's path"): layer l computes from max(end of layer l-1, arrival of its
 weights) for its compute time. Copies run one at a time on the GPU's copy stream in the order of the
 compiled copy list: first promotions (layers becoming resident this iteration), then the plan's copies in
 layer order. A plan copy starts at max(copy stream free, compute stream reaching its issue layer, its
@@ -23,6 +23,7 @@ from typing import Generator, Sequence
 import simpy
 
 from sim.core.offload_plan import OffloadPlan
+from sim.core.timeline import Timeline
 from sim.engine.link import Fabric
 
 
@@ -75,6 +76,12 @@ class IterationTiming:
     @property
     def duration_s(self) -> float:
         return self.end_s - self.start_s
+
+    def add_spans(self, tl: Timeline, gpu: int, label: str = "", fixed: bool = False) -> None:
+        """Its recorded layer and copy spans on ``tl`` (and the fixed work after the layers if ``fixed``)."""
+        copies = [("copy", *c) for c in self.copies] + [("uva", *c) for c in self.uva]
+        tl.add_iteration(gpu, zip(self.layer_start_s, self.layer_end_s), copies,
+                         [(self.layers_end_s, self.end_s)] if fixed else (), label)
 
 
 def _uva_bytes(plan: OffloadPlan, layer_bytes: float) -> dict[int, float]:

@@ -16,6 +16,7 @@ from typing import Callable
 import simpy
 
 from sim.core.hardware import HardwareSpec
+from sim.core.units import GiB
 
 
 class HostMemoryError(RuntimeError):
@@ -216,8 +217,8 @@ class HostMemory:
             raise ValueError("cannot allocate a negative size")
         if not self.can_allocate(nbytes):
             raise HostMemoryError(
-                f"host memory exhausted: {kind} needs {nbytes / 2**30:.2f} GiB, "
-                f"{(self.capacity_bytes - self.used_bytes) / 2**30:.2f} GiB free of {self.capacity_bytes / 2**30:.1f}")
+                f"host memory exhausted: {kind} needs {nbytes / GiB:.2f} GiB, "
+                f"{(self.capacity_bytes - self.used_bytes) / GiB:.2f} GiB free of {self.capacity_bytes / GiB:.1f}")
         self.used_bytes += nbytes
         if pinned:
             self.pinned_bytes += nbytes

@@ -13,6 +13,7 @@ from typing import Literal
 from sim.core.hardware import HardwareSpec
 from sim.core.model import ModelSpec
 from sim.core.offload_plan import OffloadPlan
+from sim.core.units import GiB, MiB
 
 
 class ModelDoesNotFit(RuntimeError):
@@ -88,8 +89,8 @@ class MemoryLayout:
         if check and layout.kv_blocks < 1:
             raise ModelDoesNotFit(
                 f"{model.name} does not fit on {hw.name} under {plan.describe()}: weights "
-                f"{layout.weights_bytes / 2**30:.1f} GiB + staging {layout.staging_bytes / 2**30:.1f} GiB + "
-                f"workspace {ws / 2**30:.1f} GiB leave {kv / 2**30:.2f} GiB for KV, less than one "
-                f"{cfg.block_size}-token block ({block / 2**20:.1f} MiB) of the "
-                f"{usable / 2**30:.1f} GiB usable")
+                f"{layout.weights_bytes / GiB:.1f} GiB + staging {layout.staging_bytes / GiB:.1f} GiB + "
+                f"workspace {ws / GiB:.1f} GiB leave {kv / GiB:.2f} GiB for KV, less than one "
+                f"{cfg.block_size}-token block ({block / MiB:.1f} MiB) of the "
+                f"{usable / GiB:.1f} GiB usable")
         return layout

@@ -1,4 +1,4 @@
-"""Per-request records and per-run metrics (the keys of ``summary.json`` in DESIGN.md)."""
+"""Per-request records and per-run metrics (the keys of ``summary.json``: docs/architecture.md, "Outputs")."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from sim.core.request import State
-from sim.engine.deployment import RunResult
-from sim.engine.instance import SAMPLE_FIELDS
+from sim.engine.cluster import RunResult
+from sim.engine.sample import SAMPLE_FIELDS
 
 REQUEST_COLUMNS = ("id", "instance", "arrival_s", "prompt_tokens", "output_tokens", "state", "reject_reason",
                    "queue_s", "ttft_s", "tpot_mean_s", "tpot_max_s", "e2e_s", "finish_s", "preemptions",

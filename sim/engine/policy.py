@@ -1,14 +1,15 @@
-"""The offload-policy interface and the static policies of the core simulator.
+"""The offload-policy contract: what the engine asks a policy, and what the policy may know.
 
 A policy decides, for one instance, where layer weights live. The engine asks it for an initial plan
 (which sizes GPU memory), before each iteration for the plan to run that iteration with, and whether to
 admit a request at all (a policy that can prove a request's SLO infeasible rejects it with the reason).
+It sees its instance only through an `EngineView` and its bus peers through the `Bus` in its context.
 """
 
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sim.core.batch import BatchShape
@@ -16,26 +17,30 @@ from sim.core.hardware import HardwareSpec
 from sim.core.model import ModelSpec
 from sim.core.offload_plan import OffloadPlan
 from sim.cost.base import CostModel
+from sim.engine.bus import Bus
 from sim.engine.memory import EngineConfig
+from sim.engine.view import EngineView
 
 if TYPE_CHECKING:
     from sim.core.request import Request
-    from sim.engine.instance import Instance
 
 
 @dataclass(frozen=True)
 class InstanceContext:
-    """What a policy may know about the instance it serves."""
+    """What a policy may know about the instance it serves: the model, the hardware, the cost model, the
+    engine settings, its GPU and the upstream bus it shares with other GPUs."""
 
     model: ModelSpec
     hw: HardwareSpec
     cost: CostModel
     engine: EngineConfig
     gpu: int
-    bus_gpus: tuple[int, ...] = ()  # GPUs sharing this GPU's upstream bus (including itself)
-    # One dict per deployment, shared by all its instances' policies (e.g. a per-bus coordinator);
-    # the deployment puts its instance list under "instances".
-    shared: dict = field(default_factory=dict, compare=False, hash=False)
+    bus: Bus
+
+    @property
+    def bus_gpus(self) -> tuple[int, ...]:
+        """GPUs sharing this GPU's upstream bus (itself included)."""
+        return self.bus.gpus
 
 
 class OffloadPolicy(ABC):
@@ -61,16 +66,16 @@ class OffloadPolicy(ABC):
         """The plan with the most KV capacity this policy may ever use (for admission checks)."""
         return self.initial_plan()
 
-    def plan_for(self, inst: "Instance", shape: BatchShape, now: float) -> OffloadPlan:
+    def plan_for(self, view: EngineView, shape: BatchShape, now: float) -> OffloadPlan:
         """The plan for the next iteration; static policies keep the current one."""
-        return inst.plan
+        return view.plan
 
-    def admit(self, inst: "Instance", req: "Request", now: float) -> str | None:
-        """None to admit; a reason string to reject the request for good; `sim.engine.scheduler.DEFER` to leave it
-        (and the queue behind it) waiting for now."""
+    def admit(self, view: EngineView, req: "Request", now: float) -> str | None:
+        """None to admit; a reason string to reject the request for good; `sim.engine.scheduler.DEFER` to
+        leave it (and the queue behind it) waiting for now."""
         return None
 
-    def holds_back(self, inst: "Instance") -> bool:
+    def holds_back(self, view: EngineView) -> bool:
         """True while `admit` defers this GPU's queue for a reason outside it (a bus peer needs the bus to
         itself for a while) and will wake the instance when that ends: the queue is kept, not dropped,
         even after the last arrival."""

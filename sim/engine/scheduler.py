@@ -9,16 +9,17 @@ An iteration costs O(requests that change state), not O(batch): decode requests 
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Callable
 
 from sim.core.batch import BatchShape
 from sim.core.request import Request, State
+from sim.core.units import GiB
 from sim.engine.kv import BlockManager
 from sim.engine.link import HostMemory
 from sim.engine.memory import EngineConfig
+from sim.engine.queues import DemandQueue
 
 AdmitHook = Callable[[Request, float], "str | None"]
 # An admit hook returns None (admit), a reason (reject for good) or DEFER (leave the queue as it is for now).
@@ -51,10 +52,11 @@ class Scheduler:
     on_reject: Callable[[Request], None] = lambda r: None
     admit_hook: AdmitHook | None = None
 
-    waiting: deque[Request] = field(default_factory=deque)
+    # waiting and swapped keep the KV blocks their requests need as a counter (O(1) demand)
+    waiting: DemandQueue = field(init=False)
     prefilling: list[Request] = field(default_factory=list)
     decoding: dict[int, Request] = field(default_factory=dict)
-    swapped: deque[Request] = field(default_factory=deque)
+    swapped: DemandQueue = field(init=False)
     k: int = 0  # index of the next iteration
     iter_end: list[float] = field(default_factory=list)
     gaps: list[float] = field(default_factory=list)  # gaps[j] = iter_end[j] - iter_end[j-1]
@@ -63,6 +65,11 @@ class Scheduler:
     _A: int = 0  # sum over decoding requests of (dec_kv0 - dec_k0): KV tokens at k = _A + n*k
     _finish_at: dict[int, list[tuple[Request, int]]] = field(default_factory=dict)
     _block_at: dict[int, list[tuple[Request, int]]] = field(default_factory=dict)
+    _base_cfg: EngineConfig | None = None  # the configured limits while `use_limits` overrides them
+
+    def __post_init__(self) -> None:
+        self.waiting = DemandQueue(self.bm.block_size)
+        self.swapped = DemandQueue(self.bm.block_size)
 
     # --- queries ----------------------------------------------------------------------------------------
     @property
@@ -76,11 +83,18 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting) or self.in_flight()
 
+    def queued_blocks(self) -> int:
+        """KV blocks the waiting and swapped requests need to run again."""
+        return self.waiting.blocks + self.swapped.blocks
+
     def kv_demand_blocks(self) -> int:
         """Blocks held by running requests plus those the queued ones would need (KunServe's demand)."""
-        bs = self.bm.block_size
-        queued = sum(-(-(r.num_tokens + 1) // bs) for r in chain(self.waiting, self.swapped))
-        return self.bm.used + queued
+        return self.bm.used + self.queued_blocks()
+
+    def decodes_needing_block(self, k: int) -> int:
+        """Decode requests booked to check for a new KV block at iteration ``k`` (an upper bound: some
+        bookings may be stale)."""
+        return len(self._block_at.get(k, ()))
 
     def decode_ctx_sum(self) -> int:
         return self._A + len(self.decoding) * self.k
@@ -95,6 +109,44 @@ class Scheduler:
     def add(self, req: Request) -> None:
         req.state = State.WAITING
         self.waiting.append(req)
+
+    def detach_running(self, req: Request) -> str:
+        """Take a running request out of this scheduler between iterations; it keeps its KV blocks.
+        Returns ``"decode"`` or ``"prefill"``."""
+        if self.decoding.get(req.id) is req:
+            self._leave_decode(req, self.k)
+            return "decode"
+        self.prefilling.remove(req)
+        return "prefill"
+
+    def attach_running(self, req: Request, kind: str, k: int) -> None:
+        """Resume a request (its KV blocks already counted in this pool) from iteration ``k``."""
+        req.state = State.RUNNING
+        if kind == "decode":
+            self._enter_decode(req, k)
+        else:
+            self.prefilling.append(req)
+
+    def take_waiting(self) -> list[Request]:
+        """Empty the waiting queue and return its requests in order."""
+        out = list(self.waiting)
+        self.waiting.clear()
+        return out
+
+    def requeue_front(self, req: Request) -> None:
+        """Put a request (holding no KV) back at the head of the waiting queue."""
+        req.state = State.WAITING
+        self.waiting.appendleft(req)
+
+    def use_limits(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        """Run with other batch limits (a pipelined group's) until `restore_limits`."""
+        if self._base_cfg is None:
+            self._base_cfg = self.cfg
+        self.cfg = replace(self._base_cfg, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
+
+    def restore_limits(self) -> None:
+        if self._base_cfg is not None:
+            self.cfg, self._base_cfg = self._base_cfg, None
 
     def _enter_decode(self, req: Request, k: int, blocks_ready: bool = False) -> None:
         """Join the decode set at iteration k. Unless ``blocks_ready``, its blocks for iteration k are
@@ -155,10 +207,20 @@ class Scheduler:
         """vLLM preempts the running request that arrived last."""
         return max(chain(self.decoding.values(), self.prefilling), key=lambda r: (r.arrival_s, r.id))
 
-    def preempt(self, req: Request, batch: ScheduledBatch) -> None:
+    def can_swap_out(self, req: Request) -> bool:
+        """Whether a running request's KV can go to host memory (it decodes, holds blocks, and the swap space
+        and host memory take them)."""
+        nbytes = req.blocks * self.block_bytes
+        return (req.id in self.decoding and req.blocks > 0
+                and self.swap_bytes_used + nbytes <= self.cfg.swap_space_gib * GiB
+                and (self.host is None or self.host.can_allocate(nbytes)))
+
+    def preempt(self, req: Request, batch: ScheduledBatch, mode: str | None = None) -> None:
+        """Preempt a running request by ``mode`` (default: the engine's): ``swap`` moves a decoding
+        request's KV to host memory when it fits there, otherwise its KV is discarded (recompute)."""
         k = self.k
-        was_decoding = req.id in self.decoding
-        if was_decoding:
+        swap = (mode or self.cfg.preemption) == "swap" and self.can_swap_out(req)
+        if req.id in self.decoding:
             self._leave_decode(req, k)
         else:
             self.prefilling.remove(req)
@@ -166,10 +228,7 @@ class Scheduler:
         self.preemptions += 1
         batch.preempted += 1
         nbytes = req.blocks * self.block_bytes
-        cap = self.cfg.swap_space_gib * 2**30
-        if (self.cfg.preemption == "swap" and was_decoding and req.blocks
-                and self.swap_bytes_used + nbytes <= cap
-                and (self.host is None or self.host.can_allocate(nbytes))):
+        if swap:
             if self.host is not None:
                 self.host.allocate("kv_swap", nbytes)
             self.swap_bytes_used += nbytes
@@ -190,13 +249,22 @@ class Scheduler:
         kv = req.dec_kv0 + (k - req.dec_k0)
         need = self.bm.blocks_for(kv) - req.blocks
         while need > self.bm.free:
-            victim = self._victim()
-            self.preempt(victim, batch)
-            if victim is req:
+            if not self.make_room(req, k, batch):
                 return
         self.bm.allocate(need)
         req.blocks += need
         self._next_block_check(req, k)
+
+    def make_room(self, req: Request, k: int, batch: ScheduledBatch) -> bool:
+        """Free KV blocks for ``req``, a decode that needs one more at iteration ``k``: preempt the latest
+        arrival (vLLM). False when ``req`` itself stopped decoding. Subclasses choose otherwise."""
+        victim = self._victim()
+        self.preempt(victim, batch)
+        return victim is not req
+
+    def held_blocks(self) -> int:
+        """KV blocks held by requests in none of the queues (0 here; subclasses that pause requests)."""
+        return 0
 
     def _next_block_check(self, req: Request, k: int) -> None:
         """Book the first iteration after k whose token overflows the request's blocks, if it comes before
@@ -257,10 +325,9 @@ class Scheduler:
                 if reason:
                     self.reject(req, reason, now)
                     continue
-            remaining = req.num_tokens - req.computed
             alone = not chunks and seqs == 0
-            chunk = min(remaining, budget) if cfg.chunked_prefill else remaining
-            if not cfg.chunked_prefill and chunk > budget and not alone:
+            chunk = self._chunk_tokens(req, budget, alone)
+            if chunk == 0:
                 break
             need = bm.blocks_for(req.computed + chunk) - req.blocks
             if not bm.can_allocate(need, 0 if alone else watermark):
@@ -289,11 +356,18 @@ class Scheduler:
         batch.shape = BatchShape(pt, ps, pairs, kv, n, self._A + n * k)
         return batch
 
+    def _chunk_tokens(self, req: Request, budget: int, alone: bool) -> int:
+        """Prefill tokens ``req`` may compute within ``budget``: all that remain, or a chunk of them under
+        chunked prefill; 0 when a whole prompt exceeds the budget (it may still run alone)."""
+        remaining = req.num_tokens - req.computed
+        if self.cfg.chunked_prefill:
+            return min(remaining, budget)
+        return remaining if remaining <= budget or alone else 0
+
     def _chunk(self, req: Request, budget: int, alone: bool) -> int:
         """Tokens of a running prefill to compute now, limited by the budget and the free blocks."""
-        remaining = req.num_tokens - req.computed
-        chunk = min(remaining, budget) if self.cfg.chunked_prefill else remaining
-        if not self.cfg.chunked_prefill and chunk > budget and not alone:
+        chunk = self._chunk_tokens(req, budget, alone)
+        if chunk == 0:
             return 0
         room = (req.blocks + self.bm.free) * self.bm.block_size - req.computed
         chunk = min(chunk, room)

@@ -22,18 +22,18 @@ If nothing runs and no kept request fits, the latest kept one is discarded so th
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sim.core.batch import BatchShape
 from sim.core.request import Request, State
 from sim.engine.handler import OverloadHandler
+from sim.engine.queues import DemandQueue
 from sim.engine.scheduler import ScheduledBatch, Scheduler
 
 if TYPE_CHECKING:
     from sim.cost.base import CostModel
-    from sim.engine.cluster import ClusterInstance
-    from sim.engine.deployment import Deployment
+    from sim.engine.cluster import Cluster
+    from sim.engine.instance import Instance
 
 
 class WasteEstimator:
@@ -68,71 +68,51 @@ class WasteEstimator:
 
 
 class InferceptScheduler(Scheduler):
-    """A `Scheduler` whose preemptions choose discard / swap / keep per request (see the module doc)."""
+    """A `Scheduler` whose preemptions choose discard / swap / keep per request (see the module doc). Its
+    handler gives it the waste estimator (`use_estimator`) before the run starts."""
 
-    est: WasteEstimator
-    paused: deque
-    paused_blocks: int
-    decisions: Counter
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.est: WasteEstimator | None = None
+        self.paused: deque[Request] = deque()  # kept requests waiting for their next block
+        self.paused_blocks = 0
+        self.decisions: Counter = Counter()
 
-    @classmethod
-    def adopt(cls, old: Scheduler, est: WasteEstimator) -> "InferceptScheduler":
-        """The same engine state under this scheduler (taken before the run starts)."""
-        new = cls.__new__(cls)
-        new.__dict__.update(old.__dict__)
-        new.est, new.paused, new.paused_blocks, new.decisions = est, deque(), 0, Counter()
-        new._cfg_swap = replace(old.cfg, preemption="swap")
-        new._cfg_discard = replace(old.cfg, preemption="recompute")
-        return new
+    def use_estimator(self, est: WasteEstimator) -> None:
+        self.est = est
 
     def has_work(self) -> bool:
         return super().has_work() or bool(self.paused)
 
+    def held_blocks(self) -> int:
+        return self.paused_blocks
+
     def _finish(self, req: Request, t: float) -> None:
         super()._finish(req, t)
+        assert self.est is not None
         self.est.on_finish(t)
 
-    def _can_swap(self, victim: Request) -> bool:
-        nbytes = victim.blocks * self.block_bytes
-        return (victim.id in self.decoding and victim.blocks > 0
-                and self.swap_bytes_used + nbytes <= self.cfg.swap_space_gib * 2**30
-                and (self.host is None or self.host.can_allocate(nbytes)))
-
     def _choose(self, victim: Request, req: Request) -> str:
+        assert self.est is not None, "InferceptScheduler needs use_estimator before it runs"
         kv = self.bm.used * self.block_bytes
         options = {"discard": self.est.discard(victim, kv)}
-        if self._can_swap(victim):
+        if self.can_swap_out(victim):
             options["swap"] = self.est.swap(victim, kv)
         if len(self.decoding) > 1:
             options["keep"] = self.est.keep(req, self.gaps[-1] if self.gaps else 0.0)
         return min(options, key=lambda k: (options[k], k))
 
-    def _preempt_as(self, victim: Request, batch: ScheduledBatch, mode: str) -> None:
-        cfg = self.cfg
-        self.cfg = self._cfg_swap if mode == "swap" else self._cfg_discard
-        try:
-            self.preempt(victim, batch)
-        finally:
-            self.cfg = cfg
-
-    def _grow_decode(self, req: Request, k: int, batch: ScheduledBatch) -> None:
-        kv = req.dec_kv0 + (k - req.dec_k0)
-        need = self.bm.blocks_for(kv) - req.blocks
-        while need > self.bm.free:
-            victim = self._victim()
-            choice = self._choose(victim, req)
-            self.decisions[choice] += 1
-            if choice == "keep":
-                self._leave_decode(req, k)
-                self.paused.append(req)
-                self.paused_blocks += req.blocks
-                return
-            self._preempt_as(victim, batch, choice)
-            if victim is req:
-                return
-        self.bm.allocate(need)
-        req.blocks += need
-        self._next_block_check(req, k)
+    def make_room(self, req: Request, k: int, batch: ScheduledBatch) -> bool:
+        victim = self._victim()
+        choice = self._choose(victim, req)
+        self.decisions[choice] += 1
+        if choice == "keep":
+            self._leave_decode(req, k)
+            self.paused.append(req)
+            self.paused_blocks += req.blocks
+            return False
+        self.preempt(victim, batch, "swap" if choice == "swap" else "recompute")
+        return victim is not req
 
     def schedule(self, now: float):  # type: ignore[override]
         k = self.k
@@ -157,7 +137,9 @@ class InferceptScheduler(Scheduler):
             self._enter_decode(req, k)
         if not self.paused:
             return super().schedule(now)
-        held, self.waiting = self.waiting, deque()  # no admission while a kept request waits for memory
+        # no admission while a kept request waits for memory: the queue is set aside for this iteration
+        # (requests it preempts collect in a fresh queue and go to the front of the real one afterwards)
+        held, self.waiting = self.waiting, DemandQueue(self.bm.block_size)
         try:
             return super().schedule(now)
         finally:
@@ -168,22 +150,26 @@ class InferceptScheduler(Scheduler):
 
 class Infercept(OverloadHandler):
     name = "infercept"
+    scheduler_class = InferceptScheduler
 
     def engine_overrides(self) -> dict[str, Any]:
         # swap space is set up and the buses are treated as shared; the choice is made per request
         return {"preemption": "swap"}
 
-    def attach(self, deployment: "Deployment") -> None:
-        super().attach(deployment)
-        for inst in deployment.instances:
+    def attach(self, cluster: "Cluster") -> None:
+        super().attach(cluster)
+        for inst in cluster.instances:
+            sched = inst.sched
+            if not isinstance(sched, InferceptScheduler):
+                raise ValueError("infercept: the cluster must be built with its scheduler_class")
             hw, model = inst.ctx.hw, inst.ctx.model
-            est = WasteEstimator(inst.ctx.cost, model.num_layers, inst.layout.block_bytes, inst.h2d_rate,
-                                 inst.d2h_rate, hw.link_latency_s)
-            inst.sched = InferceptScheduler.adopt(inst.sched, est)
+            sched.use_estimator(WasteEstimator(inst.ctx.cost, model.num_layers, inst.layout.block_bytes,
+                                               inst.h2d_rate, inst.d2h_rate, hw.link_latency_s))
 
     @staticmethod
-    def decisions(instances: list["ClusterInstance"]) -> Counter:
+    def decisions(instances: list["Instance"]) -> Counter:
         out: Counter = Counter()
         for i in instances:
-            out.update(getattr(i.sched, "decisions", Counter()))
+            if isinstance(i.sched, InferceptScheduler):
+                out.update(i.sched.decisions)
         return out

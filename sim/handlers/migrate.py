@@ -24,8 +24,8 @@ from sim.engine.handler import OverloadHandler
 
 if TYPE_CHECKING:
     from sim.core.request import Request
-    from sim.engine.cluster import Cluster, ClusterInstance
-    from sim.engine.deployment import Deployment
+    from sim.engine.cluster import Cluster
+    from sim.engine.instance import Instance
 
 
 class Migrate(OverloadHandler):
@@ -42,20 +42,15 @@ class Migrate(OverloadHandler):
     def engine_overrides(self) -> dict[str, Any]:
         return {"preemption": "recompute"}
 
-    def attach(self, deployment: "Deployment") -> None:
-        from sim.engine.cluster import Cluster
-
-        super().attach(deployment)
-        if not isinstance(deployment, Cluster):
-            raise ValueError("migrate needs a sim.engine.cluster.Cluster deployment")
-        self.cluster: Cluster = deployment
-        self.inflight: dict[int, int] = {i.gpu: 0 for i in deployment.instances}
+    def attach(self, cluster: "Cluster") -> None:
+        super().attach(cluster)
+        self.inflight: dict[int, int] = {i.gpu: 0 for i in cluster.instances}
         self.moving: set[int] = set()
-        deployment.env.process(self._loop())
+        cluster.env.process(self._loop())
 
     # --- decisions ----------------------------------------------------------------------------------------
     @staticmethod
-    def _load(inst: "ClusterInstance", extra: int = 0) -> float:
+    def _load(inst: "Instance", extra: int = 0) -> float:
         return (inst.demand_blocks() + extra) / max(inst.capacity_blocks(), 1)
 
     def _loop(self) -> Generator[simpy.Event, object, None]:
@@ -65,7 +60,7 @@ class Migrate(OverloadHandler):
             self._balance()
 
     def _balance(self) -> None:
-        insts = [i for i in self.cluster.instances if not i.close_requested and not i.ended and i.group is None]
+        insts = [i for i in self.cluster.instances if not i.close_requested and not i.ended and i.delegate is None]
         over = [i for i in insts if self._load(i) >= self.high and i.queued_blocks() > 0]
         for src in sorted(over, key=self._load, reverse=True):
             if self.inflight[src.gpu] >= self.max_inflight:
@@ -86,7 +81,7 @@ class Migrate(OverloadHandler):
                 self.cluster.env.process(self._migrate(src, dst, req))
 
     # --- one live migration -------------------------------------------------------------------------------
-    def _migrate(self, src: "ClusterInstance", dst: "ClusterInstance", req: "Request") -> Generator[simpy.Event, object, None]:
+    def _migrate(self, src: "Instance", dst: "Instance", req: "Request") -> Generator[simpy.Event, object, None]:
         c = self.cluster
         env, fabric = c.env, c.fabric
         bb = src.layout.block_bytes

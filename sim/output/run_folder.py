@@ -1,7 +1,7 @@
 """The run folder that ``python -m sim.run`` writes.
 
     scenario.yaml   the scenario as run: the validated file plus what was derived (model shape, hardware, SLO)
-    summary.json    per-policy metrics (the keys in DESIGN.md) -- reproducible: same seed, same bytes
+    summary.json    per-policy metrics (docs/architecture.md, "Outputs") -- reproducible: same seed, same bytes
     requests.csv    one row per request and policy, units in the column names
     timeline.json   Chrome trace (Perfetto): one process per policy, one track per GPU stream, copy engine, bus
     report.html     the plotly report (self-contained)

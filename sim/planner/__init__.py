@@ -3,9 +3,9 @@ overload handler) that sustains each planned request rate under the SLOs, found 
 
     python -m sim.planner scenarios/capacity.yaml [--workers N | --ray auto] [--resume]
 
-Modules: `config` (the plan file), `space` (candidates, prices, static pruning, rate bound), `bisect`
-(rate search and dominance), `evaluate` (one simulation), `search` (rounds on a worker pool, resume),
-`tables` and `report` (the answer), `cli`.
+Modules: `config` (the plan file), `space` (candidates, prices, static pruning, rate bound), `rate_search`
+(bisection over rates and dominance), `evaluate` (one simulation), `capacity_search` (rounds on a worker
+pool, resume), `tables` and `report` (the answer), `cli` (``python -m sim.planner``).
 """
 
 from sim.planner.capacity_search import CapacitySearch, SearchResult

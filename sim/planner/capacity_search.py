@@ -21,7 +21,7 @@ from sim.config.schema import ScenarioError
 from sim.planner.config import LoadedPlan
 from sim.planner.evaluate import EvalTask, evaluate, probe
 from sim.planner.rate_search import RateSearch, dominated_by
-from sim.planner.space import Candidate, enumerate_space, hardware, mean_lengths, rate_grid, roofline_rate
+from sim.planner.space import ConfigCandidate, enumerate_space, hardware, mean_lengths, rate_grid, roofline_rate
 from sim.pools.local import SerialPool, SweepExecutor
 
 EvaluateFn = Callable[[EvalTask], dict[str, Any]]
@@ -36,7 +36,7 @@ class SweepInterrupted(Exception):
 class Job:
     """One bisection: a configuration's rate search, or a chosen configuration's burst-factor search."""
 
-    cand: Candidate
+    cand: ConfigCandidate
     search: RateSearch
     kind: str  # "steady" or "burst"
     status: str = "searching"  # searching, done, dominated, error
@@ -108,7 +108,7 @@ class CapacitySearch:
         self.done = self.failed = self.new = 0
 
     # --- tasks ----------------------------------------------------------------------------------------
-    def task(self, c: Candidate, rate: float, factor: float = 0.0) -> EvalTask:
+    def task(self, c: ConfigCandidate, rate: float, factor: float = 0.0) -> EvalTask:
         p, m = self.plan.cfg, self.plan.model_config(c.model)
         return EvalTask(c.id, self.plan.models[c.model], c.gpu, c.count, c.host_gib_per_gpu,
                         self.strategies[c.strategy].spec(), p.engine.config(), m.ttft_s, m.tpot_s,

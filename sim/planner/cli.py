@@ -59,7 +59,7 @@ def _progress(quiet: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sim.planner", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m sim.planner", description=__doc__.split("\n\n")[0])
     ap.add_argument("plan", help="capacity-planning YAML (e.g. scenarios/capacity.yaml)")
     ap.add_argument("--out", metavar="DIR", help="output folder (default: reports/<plan>-plan/)")
     ap.add_argument("--workers", type=int, help="processes (default: all cores; 1 runs in this process)")

@@ -24,7 +24,7 @@ from sim.planner.config import LoadedPlan, Strategy
 
 
 @dataclass(frozen=True)
-class Candidate:
+class ConfigCandidate:
     """One deployment to evaluate. ``usd_per_hour`` = GPU price x count + host memory x its price."""
 
     model: str
@@ -61,11 +61,11 @@ def hardware(gpu: str, host_gib_per_gpu: float, count: int) -> HardwareSpec:
     return get_hardware(gpu, host_memory_bytes=host_gib_per_gpu * GiB * per_node)
 
 
-def enumerate_space(plan: LoadedPlan) -> tuple[list[Candidate], list[dict[str, Any]]]:
+def enumerate_space(plan: LoadedPlan) -> tuple[list[ConfigCandidate], list[dict[str, Any]]]:
     """Every candidate in a stable order, and the statically pruned ones (``row`` plus ``status``,
     ``reason``). Kept candidates are sorted by (model, price, id) so cheap ones are searched first."""
     c = plan.cfg
-    kept: list[Candidate] = []
+    kept: list[ConfigCandidate] = []
     pruned: list[dict[str, Any]] = []
     hosts = sorted(set(c.host_memory_gib_per_gpu))
     for m in c.models:
@@ -73,13 +73,13 @@ def enumerate_space(plan: LoadedPlan) -> tuple[list[Candidate], list[dict[str, A
             for n in sorted(set(c.counts)):
                 for s in c.strategies:
                     for h in hosts:
-                        cand = Candidate(m.label, g.gpu, n, h, s.name,
+                        cand = ConfigCandidate(m.label, g.gpu, n, h, s.name,
                                          g.usd_per_hour * n + h * n * c.host_memory_usd_per_gib_hour)
                         if n < s.min_gpus:
                             pruned.append({**cand.row(), "status": "pruned",
                                            "reason": f"{s.name} needs at least {s.min_gpus} GPUs"})
                         elif h != hosts[0] and not uses_host_memory(s, c.engine.preemption):
-                            same = Candidate(m.label, g.gpu, n, hosts[0], s.name, 0.0).id
+                            same = ConfigCandidate(m.label, g.gpu, n, hosts[0], s.name, 0.0).id
                             pruned.append({**cand.row(), "status": "pruned",
                                            "reason": f"{s.name} does not use host memory: same as {same}, "
                                                      "which costs no more"})

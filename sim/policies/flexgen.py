@@ -32,10 +32,10 @@ from sim.engine.iteration import compile_copies, run_closed_form
 from sim.engine.memory import MemoryLayout
 from sim.engine.policy import InstanceContext, OffloadPolicy
 from sim.engine.scheduler import DEFER
+from sim.engine.view import EngineView
 
 if TYPE_CHECKING:
     from sim.core.request import Request
-    from sim.engine.instance import Instance
 
 INF = float("inf")
 
@@ -115,23 +115,18 @@ class FlexGenSLO(OffloadPolicy):
     def host_weight_bytes(self) -> float:
         return self.initial_plan().host_bytes(self.ctx.model)
 
-    def admit(self, inst: "Instance", req: "Request", now: float) -> str | None:
+    def admit(self, view: EngineView, req: "Request", now: float) -> str | None:
         if self.fraction is None:  # first request: choose once, before anything is allocated
             self._decide(self.batch_size or self.ctx.engine.max_num_seqs, self.prompt_tokens or req.prompt_tokens,
                          self.context_tokens or req.prompt_tokens + req.output_tokens // 2,
                          self.ttft_slo_s or req.ttft_slo_s, self.tpot_slo_s or req.tpot_slo_s)
-            plan = self.plan_of(self.fraction)  # type: ignore[arg-type]
-            if plan != inst.plan and inst.apply_plan(plan) is not None:
-                new = plan.host_bytes(self.ctx.model)
-                inst.host.free("weights", inst.host_weight_bytes)
-                inst.host.allocate("weights", new)
-                inst.host_weight_bytes = new
+            view.request_plan(self.plan_of(self.fraction))  # type: ignore[arg-type]
         # a static batch: admit only what the pool holds to the end (FlexGen never preempts)
-        sched, bs = inst.sched, inst.bm.block_size
-        running = [*sched.decoding.values(), *sched.prefilling]
+        bs = self.ctx.engine.block_size
+        running = [*view.decoding.values(), *view.prefilling]
         if running:
             need = sum(-(-(r.prompt_tokens + r.output_tokens) // bs) for r in [*running, req])
-            if need > inst.bm.num_blocks:
+            if need > view.kv_total_blocks:
                 return DEFER
         return None
 

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from sim.api import PolicyRun
     from sim.config.scenario import LoadedScenario
 
-GiB = 2**30
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 

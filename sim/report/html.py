@@ -10,8 +10,9 @@ from typing import Callable
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from sim.core.units import GiB
 from sim.report import activity, latency, memory, overload
-from sim.report.data import GiB, PolicyData, ReportData
+from sim.report.data import PolicyData, ReportData
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;color:#222}

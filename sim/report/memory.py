@@ -8,7 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sim.report.data import GiB, ReportData, on_grid, time_grid
+from sim.core.units import GiB
+from sim.report.data import ReportData, on_grid, time_grid
 
 KINDS = (  # (label, how to compute from the series, colour)
     ("weights", ("weights_bytes",), "#4c72b0"),

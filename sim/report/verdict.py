@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-GiB = 2**30
+from sim.core.units import GiB
 
 
 def pct(x: float) -> str:

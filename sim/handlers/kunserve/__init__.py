@@ -19,7 +19,7 @@ from sim.handlers.kunserve.pipeline import plan_step, stage_slices
 from sim.handlers.kunserve.restore import restore_copy_time
 
 if TYPE_CHECKING:
-    from sim.engine.deployment import Deployment
+    from sim.engine.cluster import Cluster
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,17 @@ class KunServe(OverloadHandler):
     def engine_overrides(self) -> dict[str, Any]:
         return {"preemption": "recompute"}
 
-    def attach(self, deployment: "Deployment") -> None:
-        from sim.engine.cluster import Cluster
-
-        super().attach(deployment)
-        if not isinstance(deployment, Cluster):
-            raise ValueError("kunserve needs a sim.engine.cluster.Cluster deployment")
-        for inst in deployment.instances:
+    def attach(self, cluster: "Cluster") -> None:
+        super().attach(cluster)
+        for inst in cluster.instances:
             if inst.plan.offloaded:
                 raise ValueError("kunserve drops resident replicas: use it with the 'none' offload policy")
         if self.params.host_copy:
-            model = deployment.instances[0].ctx.model
-            for host in deployment.hosts:
+            model = cluster.instances[0].ctx.model
+            for host in cluster.hosts:
                 host.allocate("weights_copy", model.num_layers * model.weight_bytes_per_layer)
-        self.controller = Controller(deployment, self.params)
-        deployment.env.process(self.controller.run())
+        self.controller = Controller(cluster, self.params)
+        cluster.env.process(self.controller.run())
 
     def describe(self) -> str:
         return f"kunserve({self.params.micro_batching})"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Generator
 import simpy
 
 from sim.handlers.kunserve.drop_plan import InstanceLoad, drop_plan
+from sim.handlers.kunserve.forming import begin
 from sim.handlers.kunserve.group import PipelineGroup
 from sim.handlers.kunserve.restore import restore
 from sim.handlers.kunserve.trigger import votes_to_drop
@@ -56,4 +57,4 @@ class Controller:
             return
         for gids in drop_plan(loads, self.model.num_layers, self.model.weight_bytes_per_layer, self.block_bytes,
                               p.max_group, p.plan_headroom):
-            PipelineGroup(c, [c.instances[g] for g in gids], p).begin()
+            begin(PipelineGroup(c, [c.instances[g] for g in gids], p))

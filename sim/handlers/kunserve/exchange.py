@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Generator
 
 import simpy
 
-from sim.core.request import State
-
 if TYPE_CHECKING:
     from sim.handlers.kunserve.group import PipelineGroup
 
@@ -107,12 +105,6 @@ def _discard_largest(grp: "PipelineGroup") -> None:
     rid = max(cands, key=lambda i: (grp.unexchanged[i][0].blocks, i))
     req, _kind, o = grp.unexchanged.pop(rid)
     grp.local[o] -= req.blocks
-    s = grp.leader.sched
-    grp.leader.bm.release(req.blocks)
-    req.blocks = 0
-    req.computed = 0
-    req.preemptions += 1
-    s.preemptions += 1
-    req.state = State.WAITING
-    s.waiting.appendleft(req)
+    grp.leader.discard_kv(req)
+    grp.leader.sched.requeue_front(req)
     grp.cluster.count("kunserve_exchange_discards")

@@ -3,7 +3,7 @@
 How it sits in the engine (the least disruptive choice): the group's lowest GPU (the *leader*) keeps its
 `Instance` run loop and its scheduler, which becomes the group's one scheduler (the members' queues are
 merged into it; its token budget and sequence limit scale by g); its block pool becomes the group's pool.
-`ClusterInstance._execute` hands the leader's iterations to `PipelineGroup.execute`, which times them as
+the leader's instance hands its iterations to `PipelineGroup.execute` (its `IterationDelegate`), which times them as
 micro-batches through g stages (`pipeline.plan_step`). The other members idle (the router sends their
 requests to the group) and the group reports their memory and samples.
 
@@ -18,27 +18,24 @@ size is the largest ``used`` that keeps every GPU within its KV pool:
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generator
 
 import simpy
 
 from sim.core.request import Request, State
-from sim.engine.cluster import DemandQueue
-from sim.engine.instance import SAMPLE_FIELDS, Instance
+from sim.engine.instance import Instance
 from sim.engine.iteration import IterationTiming
+from sim.engine.queues import DemandQueue
+from sim.engine.sample import Sample
 from sim.handlers.kunserve.pipeline import StepWork, plan_step, stage_slices
 from sim.handlers.kunserve.trigger import DemandWindow, votes_to_drop
 
 if TYPE_CHECKING:
-    from sim.engine.cluster import Cluster, ClusterInstance
+    from sim.engine.cluster import Cluster
     from sim.engine.scheduler import ScheduledBatch
 
-_COL = {name: i for i, name in enumerate(SAMPLE_FIELDS)}
-
-
 class PipelineGroup:
-    def __init__(self, cluster: "Cluster", members: list["ClusterInstance"], params: Any) -> None:
+    def __init__(self, cluster: "Cluster", members: list["Instance"], params: Any) -> None:
         self.cluster, self.env, self.params = cluster, cluster.env, params
         self.members = sorted(members, key=lambda m: m.gpu)
         self.leader = self.members[0]
@@ -72,8 +69,7 @@ class PipelineGroup:
         self.pending: list[Request] = []  # arrivals while forming
         self.holding = DemandQueue(self.leader.bm.block_size)  # arrivals held back while converting
         self.window = DemandWindow(params.restore_window_samples, params.restore_below)
-        self.cfg_solo = self.leader.sched.cfg
-        self._parked: set[int] = set()
+        self.parked: set[int] = set()  # members that reached a boundary while forming (`forming`)
         self.detail_left = params.detail_steps
         self.formed_s = self.split_s = math.nan
 
@@ -110,64 +106,6 @@ class PipelineGroup:
         return votes_to_drop(self.demand_blocks(), self.capacity_blocks(), self.queued_blocks(),
                              self.leader.head_blocks(), self.params.drop_threshold)
 
-    # --- forming: every member parks at an iteration boundary, then the group starts --------------------
-    def begin(self) -> None:
-        if any(m.closed for m in self.members):
-            raise RuntimeError("a group forms only while requests still arrive")
-        self.cluster.set_unit(self.gpus, self)
-        for m in self.members:
-            m.hold()
-        for m in self.members:
-            m.at_boundary(self._park)
-
-    def _park(self, m: "ClusterInstance") -> None:
-        r = self.members.index(m)
-        s = m.sched
-        taken = 0
-        for req in [*s.decoding.values(), *s.prefilling]:
-            kind = m.take_running(req)
-            self.unexchanged[req.id] = (req, kind, r)
-            taken += req.blocks
-        while s.waiting:
-            self.pending.append(s.waiting.popleft())
-        assert not s.swapped, "kunserve runs with recompute preemption"
-        assert taken == m.bm.used, "parked blocks are those of the running requests"
-        m.bm.release(taken)
-        self.local[r] = taken
-        self._parked.add(m.gpu)
-        if len(self._parked) == self.g:
-            self._form()
-
-    def _form(self) -> None:
-        env, lead = self.env, self.leader
-        for r, m in enumerate(self.members):
-            a, b = self.slices[r]
-            self.held[r] = set(range(a, b))
-            lay = m.layout
-            self.weights[r] = lay.non_layer_bytes + self.n[r] * self.lb
-            self.pool[r] = lay.usable_bytes - self.weights[r] - lay.staging_bytes - lay.workspace_bytes
-            m.group = self
-            if m is not lead:
-                m.bm.resize(0)  # its pool is part of the group's now
-        lead.bm.resize(self.capacity())
-        lead.bm.allocate(sum(self.local))
-        p = self.params
-        cfg = self.cfg_solo
-        lead.sched.cfg = replace(cfg, max_num_seqs=cfg.max_num_seqs * self.g,
-                                 max_num_batched_tokens=p.token_budget or cfg.max_num_batched_tokens * self.g)
-        self.state = "pipelined"
-        self.formed_s = env.now
-        self.update_capacity()
-        for req in sorted(self.pending, key=lambda q: (q.arrival_s, q.id)):
-            lead.enqueue(req)
-        self.pending.clear()
-        self.after_step()
-        self.cluster.mark(self.gpus, f"drop g={self.g} gpus {','.join(map(str, self.gpus))}")
-        self.cluster.count("drops")
-        from sim.handlers.kunserve.exchange import exchange
-        env.process(exchange(self))
-        lead.wake()
-
     # --- per-GPU memory ---------------------------------------------------------------------------------
     def kv_blocks_on(self, r: int) -> float:
         """KV on member r, in blocks of all layers."""
@@ -194,13 +132,13 @@ class PipelineGroup:
         self.extra = saved
         return ok
 
-    def gpu_bytes(self, m: "ClusterInstance") -> float:
+    def gpu_bytes(self, m: "Instance") -> float:
         r = self.members.index(m)
         lay = m.layout
         return self.weights[r] + lay.staging_bytes + lay.workspace_bytes + self.kv_blocks_on(r) * self.bb
 
     # --- execution --------------------------------------------------------------------------------------
-    def execute(self, inst: "ClusterInstance", batch: "ScheduledBatch") -> Generator[simpy.Event, object, IterationTiming]:
+    def execute(self, inst: "Instance", batch: "ScheduledBatch") -> Generator[simpy.Event, object, IterationTiming]:
         env = self.env
         now = env.now
         shape = batch.shape
@@ -256,13 +194,12 @@ class PipelineGroup:
         lead, s = self.leader, self.leader.sched
         assert not s.decoding and not s.prefilling and not self.unexchanged and not self.inflight
         assert not lead.in_flight
-        waiting = [*self.holding, *s.waiting]
+        waiting = [*self.holding, *s.take_waiting()]
         self.holding.clear()
-        s.waiting.clear()
         lead.bm.release(lead.bm.used)
-        s.cfg = self.cfg_solo
+        s.restore_limits()
         for m in self.members:
-            m.group = None
+            m.delegate = None
             m.bm.resize(m.layout.kv_blocks)
         for req, kind, home in self.converted.values():
             m = self.members[home]
@@ -282,26 +219,20 @@ class PipelineGroup:
             m.wake()
 
     # --- observation ------------------------------------------------------------------------------------
-    def sample_row(self, m: "ClusterInstance", shape: Any, iteration_s: float) -> tuple:
+    def sample_row(self, m: "Instance", shape: Any, iteration_s: float) -> Sample:
         r = self.members.index(m)
-        row = list(Instance.sample(m, shape, iteration_s))
         lead = self.leader
         used, total = lead.bm.used, lead.bm.num_blocks
         is_lead = m is lead
-        row[_COL["waiting"]] = (len(lead.sched.waiting) + len(self.holding)) if is_lead else 0
-        row[_COL["running"]] = (lead.sched.num_running + len(self.unexchanged) + len(self.inflight)
-                                + len(self.converted)) if is_lead else 0
-        row[_COL["kv_used_blocks"]] = round(self.f[r] * used)
-        row[_COL["kv_total_blocks"]] = round(self.f[r] * total)
-        row[_COL["weights_bytes"]] = self.weights[r]
-        row[_COL["kv_pool_bytes"]] = self.pool[r]
-        row[_COL["kv_used_bytes"]] = self.kv_blocks_on(r) * self.bb
-        row[_COL["group"]] = self.id
-        row[_COL["stages"]] = self.g
-        row[_COL["kv_capacity_tokens"]] = self.f[r] * total * lead.bm.block_size
-        return tuple(row)
+        return m.own_sample(shape, iteration_s)._replace(
+            waiting=(len(lead.sched.waiting) + len(self.holding)) if is_lead else 0,
+            running=(lead.sched.num_running + len(self.unexchanged) + len(self.inflight)
+                     + len(self.converted)) if is_lead else 0,
+            kv_used_blocks=round(self.f[r] * used), kv_total_blocks=round(self.f[r] * total),
+            weights_bytes=self.weights[r], kv_pool_bytes=self.pool[r], kv_used_bytes=self.kv_blocks_on(r) * self.bb,
+            group=self.id, stages=self.g, kv_capacity_tokens=self.f[r] * total * lead.bm.block_size)
 
-    def sample_followers(self, lead: "ClusterInstance", shape: Any, iteration_s: float) -> None:
+    def sample_followers(self, lead: "Instance", shape: Any, iteration_s: float) -> None:
         for m in self.members[1:]:
             m.samples.append(self.sample_row(m, shape, iteration_s))
 

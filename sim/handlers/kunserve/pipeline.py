@@ -2,7 +2,7 @@
 step, and micro-batch formation (naive FCFS and KunServe's lookahead). Pure functions of numbers and a
 cost model, so they can be checked by hand.
 
-Model (DESIGN.md, "KunServe in memslo"): a group of g GPUs holds one copy of the L decoder layers, member r
+Model (docs/architecture.md, "KunServe in memslo"): a group of g GPUs holds one copy of the L decoder layers, member r
 the slice [r*L//g, (r+1)*L//g). One engine step runs the batch as m micro-batches through the g stages.
 Stage s of micro-batch j takes ``n_s * cost.layer_time(mb_j)`` (each micro-batch pays the weight reads of
 the stage's layers again: the real cost of pipelining memory-bound decode); the last stage also pays the

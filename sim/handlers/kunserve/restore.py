@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Generator, Literal, Sequence
 import simpy
 
 from sim.core.hardware import HardwareSpec
-from sim.core.request import State
 
 if TYPE_CHECKING:
     from sim.handlers.kunserve.group import PipelineGroup
@@ -135,8 +134,7 @@ def _pick(grp: "PipelineGroup", per_step: int) -> list[int] | None:
     gathered at the member with the most room. None once nothing runs pipelined."""
     lead = grp.leader
     s = lead.sched
-    while s.waiting:
-        grp.holding.append(s.waiting.popleft())
+    grp.holding.extend(s.take_waiting())
     running = [*s.decoding.values(), *s.prefilling]
     if not running:
         return None
@@ -161,11 +159,7 @@ def _pick(grp: "PipelineGroup", per_step: int) -> list[int] | None:
         # nothing fits anywhere: discard the largest running request's KV (recompute) to make room
         req = max(running, key=lambda q: (q.blocks, q.id))
         lead.take_running(req)
-        lead.bm.release(req.blocks)
-        req.blocks = req.computed = 0
-        req.preemptions += 1
-        s.preemptions += 1
-        req.state = State.WAITING
+        lead.discard_kv(req)
         grp.holding.appendleft(req)
         grp.update_capacity()
         grp.cluster.count("kunserve_gather_discards")

@@ -1,5 +1,5 @@
-"""When KunServe drops and when it restores (the reference constants of the authors' code, DESIGN.md
-Appendix): an instance votes to drop when its KV demand is >= 95 % of its blocks and its queue cannot be
+"""When KunServe drops and when it restores (the reference constants of the authors' code; docs/architecture.md,
+"Reference figures"): an instance votes to drop when its KV demand is >= 95 % of its blocks and its queue cannot be
 admitted (the queued requests need at least the free blocks, or the first of them does not fit); a group
 restores when nothing is queued and its demand is at or below 50 % and has fallen over a window (30
 samples at 0.5 s)."""

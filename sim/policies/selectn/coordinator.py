@@ -8,7 +8,7 @@ GPU), keeps those in which every GPU meets its SLO at the bandwidth share it get
 GPUs in the combination that copy, plus any that are copying right now) and whose summed demand fits the
 bus, and returns the one that keeps the most weight bytes in host memory (ties: less bus demand, then
 larger intervals, i.e. more slack). `BusCoordinator` is the small stateful object one deployment keeps per
-bus in ``ctx.shared``: it remembers what the other GPUs posted last and answers each GPU when it plans.
+bus (`sim.engine.bus.Bus.service`): it remembers what the other GPUs posted last and answers each GPU when it plans.
 `bus_others` and `solo_peer` read what the GPU's bus peers are doing now (idle, running, waiting).
 """
 
@@ -16,15 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from sim.engine.instance import Instance
-    from sim.engine.policy import InstanceContext
+from sim.engine.bus import BusMember
+from sim.engine.policy import InstanceContext
 
 
 @dataclass(frozen=True)
-class Candidate:
+class IntervalCandidate:
     interval: int
     host_bytes: float
     uses_link: bool
@@ -38,12 +37,12 @@ class Candidate:
         return self.demand[min(max(m, 1), len(self.demand)) - 1]
 
 
-def idle_candidate(interval: int, host_bytes: float, shares: int) -> Candidate:
+def idle_candidate(interval: int, host_bytes: float, shares: int) -> IntervalCandidate:
     """What an idle GPU (nothing to run) contributes: its current plan, no link use, no demand."""
-    return Candidate(interval, host_bytes, False, (True,) * shares, (0.0,) * shares)
+    return IntervalCandidate(interval, host_bytes, False, (True,) * shares, (0.0,) * shares)
 
 
-def choose(cands: Sequence[Sequence[Candidate]], bus_bytes_per_s: float,
+def choose(cands: Sequence[Sequence[IntervalCandidate]], bus_bytes_per_s: float,
            busy: Sequence[bool] | None = None) -> tuple[int, ...] | None:
     """Indices (one per GPU) of the best feasible combination, or None if no combination is feasible.
 
@@ -74,22 +73,22 @@ class BusCoordinator:
     def __init__(self, bus_bytes_per_s: float, shares: int) -> None:
         self.bus_bytes_per_s = bus_bytes_per_s
         self.shares = shares
-        self.members: dict[int, object] = {}  # gpu -> policy
-        self.posted: dict[int, list[Candidate]] = {}
+        self.members: set[int] = set()  # GPUs whose policies plan through this coordinator
+        self.posted: dict[int, list[IntervalCandidate]] = {}
         self.last_choice: dict[int, int] = {}
         self.decisions = 0
         self.infeasible = 0
 
-    def join(self, gpu: int, policy: object) -> None:
-        self.members[gpu] = policy
+    def join(self, gpu: int) -> None:
+        self.members.add(gpu)
 
-    def decide(self, gpu: int, cands: list[Candidate], others_idle: dict[int, Candidate],
-               others_busy: dict[int, bool]) -> Candidate | None:
+    def decide(self, gpu: int, cands: list[IntervalCandidate], others_idle: dict[int, IntervalCandidate],
+               others_busy: dict[int, bool]) -> IntervalCandidate | None:
         """Post ``gpu``'s candidates and pick every member's interval; returns ``gpu``'s pick (None: no
         feasible combination). ``others_idle`` replaces the posted candidates of GPUs with nothing to run."""
         self.posted[gpu] = cands
         order = sorted(self.members)
-        lists: list[Sequence[Candidate]] = []
+        lists: list[Sequence[IntervalCandidate]] = []
         busy: list[bool] = []
         for g in order:
             if g == gpu:
@@ -111,13 +110,7 @@ class BusCoordinator:
         return lists[order.index(gpu)][idx[order.index(gpu)]]
 
 
-def bus_peers(ctx: "InstanceContext") -> list["Instance"]:
-    """The other instances behind this GPU's upstream bus."""
-    insts = ctx.shared.get("instances", [])
-    return [insts[g] for g in ctx.bus_gpus if g != ctx.gpu and g < len(insts)]
-
-
-def bus_others(ctx: "InstanceContext", shares: int) -> tuple[dict[int, Candidate], dict[int, bool], dict[int, bool]]:
+def bus_others(ctx: InstanceContext, shares: int) -> tuple[dict[int, IntervalCandidate], dict[int, bool], dict[int, bool]]:
     """Other GPUs on this bus, in three groups:
     - idle: nothing to run (no iteration in flight, so no copy), as candidates that do not use the link;
     - busy: running requests; True if they may copy during this iteration (copying now, holding an
@@ -127,27 +120,27 @@ def bus_others(ctx: "InstanceContext", shares: int) -> tuple[dict[int, Candidate
       runs `solo`), or running without the link and held off it by this GPU's solo iteration
       (`wants_link`). So a peer that gets work, or wants to offload, mid-iteration never steals the
       bandwidth an iteration was planned with."""
-    idle: dict[int, Candidate] = {}
+    idle: dict[int, IntervalCandidate] = {}
     busy: dict[int, bool] = {}
     queued: dict[int, bool] = {}
-    for o in bus_peers(ctx):
-        g, s = o.gpu, o.sched
-        moving = bool(o.plan.offloaded) or o.ctx.engine.preemption == "swap"
-        if s.in_flight():
-            busy[g] = moving or bool(getattr(o.policy, "uses_link_now", False))
-            if not busy[g] and getattr(o.policy, "wants_link", False):
+    for o in ctx.bus.peers(ctx.gpu):
+        g, v = o.gpu, o.view
+        moving = bool(v.plan.offloaded) or v.config.preemption == "swap"
+        if v.in_flight():
+            busy[g] = moving or o.link.uses_link_now
+            if not busy[g] and o.link.wants_link:
                 del busy[g]
                 queued[g] = True
-        elif s.waiting:
+        elif v.waiting:
             queued[g] = moving
         else:
-            idle[g] = idle_candidate(o.plan.interval or 0, o.plan.host_bytes(o.ctx.model), shares)
+            idle[g] = idle_candidate(v.plan.interval or 0, v.plan.host_bytes(v.model), shares)
     return idle, busy, queued
 
 
-def solo_peer(ctx: "InstanceContext") -> Any:
-    """The policy of a bus peer whose running requests were last planned with the bus to themselves."""
-    for o in bus_peers(ctx):
-        if getattr(o.policy, "solo", False) and o.sched.in_flight():
-            return o.policy
+def solo_peer(ctx: InstanceContext) -> BusMember | None:
+    """A bus peer whose running requests were last planned with the bus to themselves."""
+    for o in ctx.bus.peers(ctx.gpu):
+        if o.link.solo and o.view.in_flight():
+            return o
     return None

@@ -20,17 +20,18 @@ from sim.core.hardware import HardwareSpec
 from sim.core.model import ModelSpec
 from sim.core.offload_plan import OffloadPlan
 from sim.core.timeline import Timeline
+from sim.core.units import GiB
 from sim.cost.base import CostModel
 
 PlanName = Literal["none", "resident", "deepspeed"]
 
 
-class SelectN(BaseModel):
+class SelectNSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     select_n: Union[int, Literal["all"]] = Field(description="interval, or 'all' for every interval 1..L")
 
 
-class Layerwise(BaseModel):
+class LayerwiseSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     flexgen: float = Field(gt=0, le=1, description="fraction of each layer's weights in host memory")
 
@@ -52,7 +53,7 @@ class UvaSpec(BaseModel):
     uva_gib: float = Field(ge=0, description="GiB of weights read over the host link (vLLM --cpu-offload-gb)")
 
 
-PlanSpec = Union[PlanName, SelectN, Layerwise, PrefetchSpec, UvaSpec]
+PlanSpec = Union[PlanName, SelectNSpec, LayerwiseSpec, PrefetchSpec, UvaSpec]
 
 
 def plans_from_spec(spec: PlanSpec, model: ModelSpec) -> list[OffloadPlan]:
@@ -60,16 +61,16 @@ def plans_from_spec(spec: PlanSpec, model: ModelSpec) -> list[OffloadPlan]:
     L = model.num_layers
     if isinstance(spec, str):
         return [OffloadPlan.deepspeed(L)] if spec == "deepspeed" else [OffloadPlan.resident(L)]
-    if isinstance(spec, SelectN):
+    if isinstance(spec, SelectNSpec):
         if spec.select_n == "all":
             return [OffloadPlan.select_n(L, i) for i in range(1, L + 1)]
         return [OffloadPlan.select_n(L, spec.select_n)]
-    if isinstance(spec, Layerwise):
+    if isinstance(spec, LayerwiseSpec):
         return [OffloadPlan.layerwise(L, spec.flexgen)]
     if isinstance(spec, PrefetchSpec):
         p = spec.prefetch
         return [OffloadPlan.prefetch_groups(L, p.group_size, p.offload_per_group, p.prefetch_step)]
-    return [OffloadPlan.uva_bytes(model, spec.uva_gib * 2**30)]
+    return [OffloadPlan.uva_bytes(model, spec.uva_gib * GiB)]
 
 
 class FixedBatchExperiment(BaseModel):
@@ -173,13 +174,7 @@ def simulate_fixed_batch(model: ModelSpec, hw: HardwareSpec, cost: CostModel,
             label = f"{exp.name}|{plan.name}"
             copies = tm.copies + tm.uva
             if timeline is not None:
-                for l, (s, e) in enumerate(zip(tm.layer_start_s, tm.layer_end_s)):
-                    timeline.add(f"gpu{gpu}/compute", "layer", s, e, l, label=label)
-                for l, s, e, b in tm.copies:
-                    timeline.add(f"gpu{gpu}/h2d", "copy", s, e, l, b, label=label)
-                for l, s, e, b in tm.uva:
-                    timeline.add(f"gpu{gpu}/h2d", "uva", s, e, l, b, label=label)
-                timeline.add(f"gpu{gpu}/compute", "fixed", tm.layers_end_s, tm.end_s, label=label)
+                tm.add_spans(timeline, gpu, label, fixed=True)
             rows.append(FixedBatchRow(
                 source="sim", experiment=exp.name, plan=plan.name, interval=plan.interval or 0,
                 phase=exp.phase, batch_size=exp.batch_size, seq_len=exp.seq_len,
@@ -189,16 +184,3 @@ def simulate_fixed_batch(model: ModelSpec, hw: HardwareSpec, cost: CostModel,
                 iteration_p10_s=tm.duration_s, iteration_p90_s=tm.duration_s))
             t0 = tm.end_s + gap_s
     return rows
-
-
-def load_experiment_file(path: str | Path) -> tuple[ModelSpec, list[FixedBatchExperiment]]:
-    """The model and the ``experiments:`` list of a scenario file, validated like any scenario
-    (`sim.config.scenario`); errors are `sim.config.schema.ScenarioError` with a one-line message."""
-    from sim.config.scenario import load_scenario  # late: sim.scenario imports this module
-
-    loaded = load_scenario(path)
-    if not loaded.sc.experiments:
-        from sim.config.scenario import ScenarioError
-
-        raise ScenarioError(f"{Path(path).name}: experiments: needs at least one fixed-batch experiment")
-    return loaded.model, list(loaded.sc.experiments)

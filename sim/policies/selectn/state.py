@@ -1,0 +1,179 @@
+"""Select-N's online state: the record and the candidate intervals, predictions, memory checks and the
+statistics of what ran. `admission.SelectNAdmission` adds the admission check on top, and
+`controller.SelectN` the per-iteration choice of interval (see there)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sim.core.batch import BatchShape
+from sim.core.offload_plan import OffloadPlan
+from sim.engine.memory import MemoryLayout
+from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.engine.view import EngineView
+from sim.policies.selectn.coordinator import BusCoordinator
+from sim.policies.selectn.performance_record import PerformanceRecord, efficient_intervals, record_for
+
+if TYPE_CHECKING:
+    from sim.core.request import Request
+
+INF = float("inf")
+
+
+class SelectNState(OffloadPolicy):
+    """Select-N's parameters, record and helpers (no decisions here)."""
+
+    name = "selectn"
+
+    def __init__(self, hysteresis: int = 3, min_interval: int = 1, record: str | None = None,
+                 coordinate: bool = True, admission: bool = True, separate_phases: bool = True,
+                 log_limit: int = 10_000, staging_chunks: int = 1, staging_slots: int = 2) -> None:
+        """``staging_chunks`` > 1 streams each offloaded layer in that many pieces through ``staging_slots``
+        slots of one piece (`OffloadPlan.select_n`): less staging memory (more KV), less copy hidden."""
+        if hysteresis < 1:
+            raise ValueError(f"hysteresis must be >= 1, got {hysteresis}")
+        if staging_chunks < 1 or (staging_chunks > 1 and not 1 <= staging_slots <= staging_chunks):
+            raise ValueError(f"staging_chunks must be >= 1 and staging_slots in [1, staging_chunks], got "
+                             f"{staging_chunks} and {staging_slots}")
+        self.staging_chunks, self.staging_slots = staging_chunks, staging_slots
+        self.hysteresis = hysteresis
+        self.min_interval = min_interval
+        self.record_path = record
+        self.coordinate = coordinate
+        self.admission = admission
+        self.separate_phases = separate_phases
+        self.log_limit = log_limit
+
+    # --- set-up -------------------------------------------------------------------------------------
+    def setup(self, ctx: InstanceContext) -> None:
+        super().setup(ctx)
+        m, L = ctx.model, ctx.model.num_layers
+        if self.record_path:
+            rec = PerformanceRecord.load(self.record_path)
+            if rec.num_layers != L or rec.meta["model"] != m.name:
+                raise ValueError(f"selectn: record {self.record_path} is for {rec.meta['model']}, not {m.name}")
+            if rec.chunks != self.staging_chunks or (rec.chunks > 1 and rec.slots != self.staging_slots):
+                raise ValueError(f"selectn: record {self.record_path} stages layers in {rec.chunks} piece(s), "
+                                 f"not staging_chunks={self.staging_chunks}, staging_slots={self.staging_slots}")
+        else:
+            rec = record_for(m, ctx.hw, ctx.cost, ctx.engine, staging_chunks=self.staging_chunks,
+                             staging_slots=self.staging_slots)
+        self.rec = rec
+        self.L = L
+        if not 1 <= self.min_interval <= L:
+            raise ValueError(f"selectn: min_interval must be in [1, {L}], got {self.min_interval}")
+        self.cands = efficient_intervals(L, self.min_interval)
+        self.col = np.array([i - 1 for i in self.cands])
+        self.plans = [rec.plans[i - 1] for i in self.cands]
+        self.off = [p.offloaded_set for p in self.plans]
+        self.blocks = np.array([MemoryLayout.build(m, ctx.hw, ctx.engine, p, check=False).kv_blocks
+                                for p in self.plans])
+        self.host = rec.host_bytes[self.col]
+        self.pcie = rec.pcie_bytes[self.col]
+        self.pos = {i: j for j, i in enumerate(self.cands)}
+        self.shares = len(rec.rates)
+        self.rates = np.array(rec.rates)
+        self.bs = ctx.engine.block_size
+        self.lb = rec.layer_bytes
+        self.state: dict[str, int | None] = {"prefill": None, "decode": None}
+        self.pending: dict[str, list] = {"prefill": [None, 0], "decode": [None, 0]}
+        self.iterations: Counter = Counter()  # (kind, interval) -> iterations run with it
+        self.log: list[tuple] = []  # (time, kind, interval, budget ok, predicted s)
+        self.predicted_misses = 0
+        # what this GPU tells its bus peers (solo: the iteration in flight was planned with the bus to itself;
+        # peers with nothing running then hold their queue back, `admit`, until this GPU plans with them again)
+        self.link = ctx.bus.link(ctx.gpu)
+        self._promote: dict[tuple[int, int], int] = {}
+        self.coord: BusCoordinator | None = None
+        if self.coordinate and ctx.bus.shared:
+            shares = self.shares
+            self.coord = ctx.bus.service(BusCoordinator, lambda: BusCoordinator(ctx.hw.bus_bytes_per_s, shares))
+            self.coord.join(ctx.gpu)
+
+    def _interval_of(self, plan: OffloadPlan) -> int:
+        return plan.interval or self.L + 1
+
+    def initial_plan(self) -> OffloadPlan:
+        """The fastest plan that leaves room for KV (demoting later is free; promoting costs copies)."""
+        ok = np.nonzero(self.blocks >= 1)[0]
+        return self.plans[ok[-1]] if len(ok) else self.plans[0]
+
+    def max_kv_plan(self) -> OffloadPlan:
+        return self.plans[0]
+
+    def host_weight_bytes(self) -> float:
+        """Host memory keeps a copy of every layer the controller may offload."""
+        return float(self.host[0])
+
+    def describe(self) -> str:
+        staged = "" if self.staging_chunks == 1 else f", staging {self.staging_slots}/{self.staging_chunks} layer"
+        return f"selectn(hysteresis={self.hysteresis}{staged})"
+
+    # --- helpers ------------------------------------------------------------------------------------
+    def _n_promote(self, cur: int, j: int) -> int:
+        key = (cur, j)
+        n = self._promote.get(key)
+        if n is None:
+            cur_off = self.rec.plans[cur - 1].offloaded_set
+            n = self._promote[key] = len(cur_off - self.off[j])
+        return n
+
+    def _predict(self, shape: BatchShape) -> np.ndarray:
+        """Conservative time (shares x candidates); beyond the record's grid, the cost model's time."""
+        b = self.rec.bound(shape)
+        if b is None:
+            c = self.rec.cost or self.ctx.cost
+            b = (c.layer_time(shape), c.fixed_time(shape))
+        return np.array([self.rec.times(b[0], b[1], s) for s in range(self.shares)])[:, self.col]
+
+    def _reserved(self, view: EngineView, extra: "Request | None" = None) -> int:
+        """KV blocks the running requests (and ``extra``) need by their end."""
+        bs, tot = self.bs, 0
+        for r in view.decoding.values():
+            tot += -(-(r.prompt_tokens + r.output_tokens) // bs)
+        for r in view.prefilling:
+            tot += -(-(r.prompt_tokens + r.output_tokens) // bs)
+        if extra is not None:
+            tot += -(-(extra.prompt_tokens + extra.output_tokens) // bs)
+        return tot
+
+    def _mem_ok(self, view: EngineView) -> np.ndarray:
+        """Candidates whose pool holds the running requests' KV to their end (else: the next step's)."""
+        used = view.kv_used_blocks
+        growth = view.decodes_needing_block(view.step + 1)
+        for need in (max(used + growth, self._reserved(view)), used + growth, used):
+            ok = self.blocks >= need
+            if ok.any():
+                return ok
+        return self.blocks >= 0
+
+    def _reserved_one(self, req: "Request") -> int:
+        return -(-(req.prompt_tokens + req.output_tokens) // self.bs)
+
+    def _label(self, interval: int) -> str:
+        return "nothing offloaded" if interval > self.L else f"interval {interval}"
+
+    @staticmethod
+    def _tpot_slack(view: EngineView, now: float) -> tuple[list[float], list[int]]:
+        """For each decoding request with a TPOT SLO: the slack to its mean-TPOT deadline (first token +
+        (output - 1) x TPOT) and the tokens it still has to generate."""
+        slack, rem = [], []
+        for r in view.decoding.values():
+            if r.tpot_slo_s < INF and r.first_token_s is not None:
+                slack.append(r.first_token_s + (r.output_tokens - 1) * r.tpot_slo_s - now)
+                rem.append(max(r.output_tokens - view.generated_now(r), 1))
+        return slack, rem
+
+    # --- reporting ----------------------------------------------------------------------------------
+    def mean_host_bytes(self) -> float:
+        """Weight bytes living only in host memory, averaged over the iterations run."""
+        n = sum(self.iterations.values())
+        return sum(c * float(self.host[self.pos[i]]) for (_, i), c in self.iterations.items()) / n if n else 0.0
+
+    def chosen(self, kind: str) -> int | None:
+        """The interval this kind of iteration ran with most often (L+1: nothing offloaded)."""
+        c = Counter({i: n for (k, i), n in self.iterations.items() if k == kind})
+        return c.most_common(1)[0][0] if c else None
