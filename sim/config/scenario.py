@@ -43,24 +43,9 @@ from sim.config.schema import (  # noqa: F401 -- re-exported: the schema's publi
 from sim.core.batch import BatchShape
 from sim.core.hardware import HardwareSpec, HardwareSpecError
 from sim.core.model import ModelSpec, ModelSpecError, get_model
-from sim.core.workload import (
-    Batch,
-    Burst,
-    Constant,
-    Empirical,
-    Fixed,
-    Gamma,
-    LengthDist,
-    LogNormal,
-    Poisson,
-    RequestSet,
-    SyntheticWorkload,
-    TraceBurst,
-    TraceWorkload,
-    Uniform,
-    WorkloadError,
-    read_trace,
-)
+from sim.core.workload import (Batch, Burst, Constant, Empirical, Fixed, Gamma, LengthDist, LogNormal, Poisson,
+                               RequestSet, SyntheticWorkload, TraceBurst, TraceWorkload, Uniform, WorkloadError,
+                               read_trace)
 from sim.cost.base import CostModel
 from sim.cost.roofline import RooflineCostModel
 
