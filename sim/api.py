@@ -16,11 +16,12 @@ from typing import Any, Callable
 import pandas as pd
 
 from sim.core.hardware import HardwareSpec, HardwareSpecError, get_hardware
-from sim.core.model import ModelSpec, get_model
+from sim.core.model import ModelSpec, ModelSpecError, get_model
 from sim.core.offload_plan import PlanError
 from sim.core.timeline import Timeline
 from sim.core.workload import RequestSet
 from sim.cost.base import CostModel
+from sim.cost.parallel import ParallelCost, collectives_for
 from sim.cost.roofline import RooflineCostModel
 from sim.engine.cluster import Cluster, Progress, RunResult, StopRule
 from sim.engine.link import HostMemoryError
@@ -80,15 +81,44 @@ class PolicyRun:
 DEPLOYMENT_ERRORS = (ModelDoesNotFit, PlanError, HostMemoryError, HardwareSpecError, ValueError, KeyError)
 
 
+CostFactory = Callable[[ModelSpec, HardwareSpec], CostModel]
+
+
+def parallel_slices(model: ModelSpec | list[ModelSpec], hw: HardwareSpec, engine: EngineConfig,
+                    cost_factory: CostFactory | None) -> tuple[ModelSpec | list[ModelSpec], CostModel | list[CostModel]]:
+    """What one GPU of a tensor/pipeline-parallel instance holds (`ModelSpec.shard`) and what its part of an
+    iteration costs: ``cost_factory`` (default: the roofline) on the slice, plus the collectives of the
+    hardware's GPU fabric (`sim.cost.parallel.ParallelCost`)."""
+    tp, pp = engine.tensor_parallel_size, engine.pipeline_parallel_size
+    make = cost_factory or RooflineCostModel
+    coll = collectives_for(hw)
+
+    def one(m: ModelSpec) -> tuple[ModelSpec, CostModel]:
+        try:
+            s = m.shard(tp, pp)
+        except ModelSpecError as e:
+            raise ValueError(str(e)) from None
+        return s, ParallelCost(make(s, hw), coll, s, tp, pp, full_vocab=m.vocab_size)
+
+    if isinstance(model, list):
+        pairs = [one(m) for m in model]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+    return one(model)
+
+
 def build_deployment(spec: PolicySpec, model: ModelSpec | list[ModelSpec], hw: HardwareSpec,
                      cost: CostModel | list[CostModel], engine: EngineConfig, num_gpus: int = 1,
                      router: str = "round-robin", timeline: Timeline | None = None, detail_iterations: int = 0,
-                     sample_interval_s: float = 0.25) -> Cluster:
+                     sample_interval_s: float = 0.25, cost_factory: CostFactory | None = None) -> Cluster:
     """The cluster one policy runs on: its handler's and its own engine settings over ``engine``, a fresh
-    policy per GPU, the handler attached. Raises one of `DEPLOYMENT_ERRORS` if it cannot start."""
+    policy per instance, the handler attached. With tensor or pipeline parallelism in the engine settings
+    every instance's GPUs hold slices of ``model`` costed by ``cost_factory`` (`parallel_slices`). Raises one
+    of `DEPLOYMENT_ERRORS` if it cannot start."""
     handler = make_handler(spec.handler, **spec.handler_params) if spec.handler else None
     overrides = {**(handler.engine_overrides() if handler else {}), **spec.engine}
     eng = EngineConfig(**{**engine.__dict__, **overrides}) if overrides else engine
+    if eng.tensor_parallel_size * eng.pipeline_parallel_size > 1:
+        model, cost = parallel_slices(model, hw, eng, cost_factory)
     cluster = Cluster(model, hw, cost, lambda: make_policy(spec.kind, **spec.params), eng, num_gpus,
                       router, timeline, detail_iterations, sample_interval_s,  # type: ignore[arg-type]
                       handler.scheduler_class if handler else Scheduler)
@@ -107,7 +137,9 @@ def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareS
     """Run each policy on the same requests. A policy that cannot run (model does not fit, bad parameter,
     host memory exhausted) gets a result with ``error`` set and the others still run. A Ctrl-C stops the
     policy in progress (its partial result is kept, marked interrupted) and skips the rest. ``model`` (and
-    ``cost``) may be a list with one entry per GPU (``num_gpus`` long): different models sharing buses.
+    ``cost``) may be a list with one entry per instance (``num_gpus`` long without tensor or pipeline
+    parallelism): different models sharing buses. Under tensor / pipeline parallelism (engine settings) the
+    instances' slices are costed by ``cost_factory`` (default: the roofline).
     ``stop`` is asked every ``progress_step_s`` of simulated time whether to end a policy's run early."""
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
     if isinstance(model, (list, tuple)):  # one model per GPU
@@ -128,7 +160,7 @@ def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareS
         tl = Timeline(max_spans=timeline_max_spans)
         try:
             dep = build_deployment(spec, model, hw, cost, base_engine, num_gpus, router, tl,  # type: ignore[arg-type]
-                                   detail_iterations, sample_interval_s)
+                                   detail_iterations, sample_interval_s, cost_factory)
         except DEPLOYMENT_ERRORS as e:
             msg = e.args[0] if e.args else str(e)
             res = RunResult(spec.label, reqs, error=str(msg))

@@ -7,9 +7,18 @@ import numpy as np
 import pytest
 
 from calibration.fit import fit_link
-from calibration.measurements import (COLUMNS, OP_GROUPS, MeasurementError, gpu_from_name, load_measurements,
-                                      read_copy_bandwidth, read_layer_times, read_vidur_linear_ops, shared_data_dir,
-                                      vidur_files)
+from calibration.measurements import (
+    COLUMNS,
+    OP_GROUPS,
+    MeasurementError,
+    gpu_from_name,
+    load_measurements,
+    read_copy_bandwidth,
+    read_layer_times,
+    read_vidur_linear_ops,
+    shared_data_dir,
+    vidur_files,
+)
 
 FIX = Path(__file__).parent / "fixtures"
 

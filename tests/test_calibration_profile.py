@@ -12,8 +12,14 @@ from sim.core.batch import BatchShape
 from sim.core.hardware import get_hardware
 from sim.core.model import get_model
 from sim.cost.base import CostModel
-from sim.cost.calibrated import (REPO_ROOT, CalibratedCostModel, Profile, apply_profile_link, load_profile,
-                                 make_cost_model)
+from sim.cost.calibrated import (
+    REPO_ROOT,
+    CalibratedCostModel,
+    Profile,
+    apply_profile_link,
+    load_profile,
+    make_cost_model,
+)
 from sim.cost.params import CalibratedParams, ProfileError
 from sim.cost.roofline import RooflineCostModel
 

@@ -14,8 +14,14 @@ from sim.handlers.kunserve import KunServeParams, capacity_gain_tokens, group_ca
 from sim.handlers.kunserve.drop_plan import InstanceLoad, drop_plan
 from sim.handlers.kunserve.forming import begin
 from sim.handlers.kunserve.group import PipelineGroup
-from sim.handlers.kunserve.pipeline import (StepWork, fcfs_micro_batches, lookahead_micro_batches, pipeline_schedule,
-                                            plan_step, stage_slices)
+from sim.handlers.kunserve.pipeline import (
+    StepWork,
+    fcfs_micro_batches,
+    lookahead_micro_batches,
+    pipeline_schedule,
+    plan_step,
+    stage_slices,
+)
 from sim.handlers.kunserve.restore import restore, restore_copy_time
 from sim.handlers.kunserve.trigger import DemandWindow, votes_to_drop
 from sim.policies import make_policy

@@ -65,7 +65,7 @@ def test_bad_model_inputs(tmp_path):
 
 
 def test_hardware_presets_and_overrides():
-    assert set(HW) == {"a10", "a100-80g", "h100-sxm", "h200", "gh200"}
+    assert set(HW) == {"a10", "a100-80g", "h100-sxm", "h200", "gh200", "dgx-h100", "hgx-a100-8", "pcie-l40s-8"}
     h = get_hardware("H100-SXM", h2d_bytes_per_s=25e9)
     assert h.h2d_bytes_per_s == 25e9 and h.hbm_bytes_per_s == 3.35e12
     with pytest.raises(HardwareSpecError, match="unknown hardware field.*allowed"):

@@ -3,8 +3,22 @@
 import numpy as np
 import pytest
 
-from sim.core.workload import (Batch, Burst, Constant, Empirical, Fixed, Gamma, LogNormal, Poisson, SyntheticWorkload,
-                               TraceWorkload, Uniform, WorkloadError, empirical_from_trace, read_trace)
+from sim.core.workload import (
+    Batch,
+    Burst,
+    Constant,
+    Empirical,
+    Fixed,
+    Gamma,
+    LogNormal,
+    Poisson,
+    SyntheticWorkload,
+    TraceWorkload,
+    Uniform,
+    WorkloadError,
+    empirical_from_trace,
+    read_trace,
+)
 
 from .helpers import FIXTURES
 

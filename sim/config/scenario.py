@@ -43,9 +43,24 @@ from sim.config.schema import (  # noqa: F401 -- re-exported: the schema's publi
 from sim.core.batch import BatchShape
 from sim.core.hardware import HardwareSpec, HardwareSpecError
 from sim.core.model import ModelSpec, ModelSpecError, get_model
-from sim.core.workload import (Batch, Burst, Constant, Empirical, Fixed, Gamma, LengthDist, LogNormal, Poisson,
-                               RequestSet, SyntheticWorkload, TraceBurst, TraceWorkload, Uniform, WorkloadError,
-                               read_trace)
+from sim.core.workload import (
+    Batch,
+    Burst,
+    Constant,
+    Empirical,
+    Fixed,
+    Gamma,
+    LengthDist,
+    LogNormal,
+    Poisson,
+    RequestSet,
+    SyntheticWorkload,
+    TraceBurst,
+    TraceWorkload,
+    Uniform,
+    WorkloadError,
+    read_trace,
+)
 from sim.cost.base import CostModel
 from sim.cost.roofline import RooflineCostModel
 
@@ -151,9 +166,14 @@ class LoadedScenario:
             raise self._err("hardware.gpu", str(e)) from None
 
     def _cost(self) -> CostModel:
+        return self.cost_factory(self.model, self.hardware)
+
+    def cost_factory(self, model: ModelSpec, hw: HardwareSpec) -> CostModel:
+        """The scenario's cost model (roofline, or the calibrated profile) for ``model`` (e.g. one GPU's
+        slice under tensor parallelism)."""
         prof = self.sc.hardware.profile
         if prof is None:
-            return RooflineCostModel(self.model, self.hardware)
+            return RooflineCostModel(model, hw)
         p = self.resolve_path(prof)
         if not p.exists():
             raise self._err("hardware.profile", f"profile file not found: {prof}")
@@ -162,7 +182,7 @@ class LoadedScenario:
         except ImportError:
             raise self._err("hardware.profile", "calibrated profiles are not available in this build") from None
         try:
-            return make_cost_model(self.model, self.hardware, p)
+            return make_cost_model(model, hw, p)
         except (ValueError, KeyError, OSError) as e:
             raise self._err("hardware.profile", str(e)) from None
 
@@ -222,7 +242,7 @@ class LoadedScenario:
         if self.requests is None:
             raise self._err("workload", "this scenario has no workload (only fixed-batch experiments)")
         o = self.sc.output
-        args: dict[str, Any] = dict(slo=self.slo, cost=self.cost, engine=self.engine,
+        args: dict[str, Any] = dict(slo=self.slo, cost=self.cost, cost_factory=self.cost_factory, engine=self.engine,
                                     num_gpus=self.sc.hardware.num_gpus, router=self.sc.cluster.router,
                                     until_s=self.sc.until_s, timeline_max_spans=o.timeline_max_spans,
                                     detail_iterations=o.detail_iterations, sample_interval_s=o.sample_interval_s)

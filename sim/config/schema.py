@@ -43,16 +43,20 @@ class HardwareConfig(_Strict):
     link_latency_us: float | None = Field(default=None, ge=0)
     gpu_link_gb_per_s: float | None = Field(default=None, gt=0)
     host_memory_gib: float | None = Field(default=None, gt=0)
+    gpus_per_root: int | None = Field(default=None, ge=1, description="GPUs under one root complex / socket")
+    root_gb_per_s: float | None = Field(default=None, gt=0, description="a root complex's path to host memory")
 
     def spec(self) -> HardwareSpec:
         conv = {"gpu_memory_gib": ("gpu_memory_bytes", GiB), "hbm_tb_per_s": ("hbm_bytes_per_s", 1e12),
                 "peak_tflops": ("peak_flops", 1e12), "h2d_gb_per_s": ("h2d_bytes_per_s", 1e9),
                 "d2h_gb_per_s": ("d2h_bytes_per_s", 1e9), "bus_gb_per_s": ("bus_bytes_per_s", 1e9),
                 "gpus_per_bus": ("gpus_per_bus", 1), "link_latency_us": ("link_latency_s", 1e-6),
-                "gpu_link_gb_per_s": ("gpu_link_bytes_per_s", 1e9), "host_memory_gib": ("host_memory_bytes", GiB)}
+                "gpu_link_gb_per_s": ("gpu_link_bytes_per_s", 1e9), "host_memory_gib": ("host_memory_bytes", GiB),
+                "gpus_per_root": ("gpus_per_root", 1), "root_gb_per_s": ("root_bytes_per_s", 1e9)}
         over = {field: getattr(self, k) * f for k, (field, f) in conv.items() if getattr(self, k) is not None}
-        if "gpus_per_bus" in over:
-            over["gpus_per_bus"] = int(over["gpus_per_bus"])
+        for k in ("gpus_per_bus", "gpus_per_root"):
+            if k in over:
+                over[k] = int(over[k])
         return get_hardware(self.gpu, **over)
 
 
@@ -66,6 +70,8 @@ class EngineSettings(_Strict):
     swap_space_gib: float = Field(default=4.0, ge=0)
     watermark: float = Field(default=0.01, ge=0, lt=1)
     admit_after_preemption: bool = True
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per pipeline stage of an instance")
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="pipeline stages of an instance")
 
     def config(self) -> EngineConfig:
         return EngineConfig(**self.model_dump())
@@ -83,6 +89,8 @@ class EngineOverride(_Strict):
     swap_space_gib: float | None = Field(default=None, ge=0)
     watermark: float | None = Field(default=None, ge=0, lt=1)
     admit_after_preemption: bool | None = None
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    pipeline_parallel_size: int | None = Field(default=None, ge=1)
 
 
 # --- SLOs -----------------------------------------------------------------------------------------------

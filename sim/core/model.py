@@ -137,6 +137,36 @@ class ModelSpec:
     def with_dtype_bytes(self, dtype_bytes: int) -> "ModelSpec":
         return replace(self, dtype_bytes=dtype_bytes)
 
+    # --- parallelism ----------------------------------------------------------------------------------
+    def check_parallel(self, tp: int, pp: int = 1) -> None:
+        """Raise `ModelSpecError` unless the model splits over ``tp`` tensor-parallel ranks (Megatron:
+        heads, KV heads and the MLP width divide evenly; KV heads are replicated when ``tp`` exceeds them,
+        which needs ``tp`` to be a multiple of them) and ``pp`` pipeline stages (at most one per layer)."""
+        if tp < 1 or pp < 1:
+            raise ModelSpecError(f"model {self.name}: tp and pp must be >= 1, got tp={tp}, pp={pp}")
+        kv_ok = self.num_kv_heads % tp == 0 if tp <= self.num_kv_heads else tp % self.num_kv_heads == 0
+        if self.num_heads % tp or self.intermediate_size % tp or not kv_ok:
+            raise ModelSpecError(
+                f"model {self.name}: tp={tp} must divide num_heads ({self.num_heads}) and intermediate_size "
+                f"({self.intermediate_size}), and divide num_kv_heads ({self.num_kv_heads}) or be a multiple of it")
+        if pp > self.num_layers:
+            raise ModelSpecError(f"model {self.name}: pp={pp} exceeds num_layers ({self.num_layers})")
+
+    def shard(self, tp: int = 1, pp: int = 1) -> "ModelSpec":
+        """The slice of the model one GPU holds under ``tp``-way tensor and ``pp``-way pipeline parallelism
+        (Megatron layout): its heads, KV heads (one replicated head when ``tp`` exceeds them), MLP columns
+        and vocabulary rows (vocabulary-parallel embedding and LM head, padded up), and the layers of the
+        largest pipeline stage. The hidden size, norms and positions stay whole. Weight bytes, KV bytes per
+        token and FLOPs of the slice are one rank's; with ``pp`` > 1 every stage is taken to hold the
+        embedding and the LM head (conservative by one of them). ``shard(1, 1)`` is the model itself."""
+        self.check_parallel(tp, pp)
+        if tp == 1 and pp == 1:
+            return self
+        return replace(self, name=f"{self.name}/tp{tp}" + (f"pp{pp}" if pp > 1 else ""),
+                       num_layers=-(-self.num_layers // pp), num_heads=self.num_heads // tp,
+                       num_kv_heads=max(1, self.num_kv_heads // tp), intermediate_size=self.intermediate_size // tp,
+                       vocab_size=-(-self.vocab_size // tp))
+
     def summary(self) -> str:
         return (f"{self.name}: {self.num_layers} layers, {self.weight_bytes_per_layer / 1e6:.0f} MB/layer, "
                 f"{self.total_weight_bytes / 1e9:.1f} GB weights, "

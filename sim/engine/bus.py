@@ -1,9 +1,12 @@
-"""The GPUs behind one upstream PCIe bus, as their policies see each other.
+"""The instances behind one upstream PCIe bus (a switch's uplink), as their policies see each other.
 
-A `Bus` is owned by the cluster: one per upstream bus, with a `BusMember` per GPU under it. A member is the
-GPU's `EngineView` plus its `LinkStatus`, which the GPU's own policy writes and its peers read (whether the
-iteration in flight copies over the host link, whether it was planned with the bus to itself, when it is
-predicted to end). Policies that coordinate across a bus keep one shared object per bus with `service`.
+A `Bus` is owned by the cluster: one per upstream bus, with a `BusMember` per instance whose GPUs hang under
+it. With tensor parallelism an instance puts ``ranks`` GPUs under the switch (all its ranks when the switch
+holds the whole instance); instances are aligned to switches, so an instance is under one bus, or owns all
+the switches it spans. A member is the instance's `EngineView` plus its `LinkStatus`, which the instance's
+own policy writes and its peers read (whether the iteration in flight copies over the host link, whether it
+was planned with the bus to itself, when it is predicted to end). Policies that coordinate across a bus
+keep one shared object per bus with `service`.
 """
 
 from __future__ import annotations
@@ -28,41 +31,43 @@ class LinkStatus:
 
 @dataclass
 class BusMember:
-    gpu: int
+    index: int  # the instance
     view: EngineView
     link: LinkStatus
 
 
 class Bus:
-    """One upstream bus: its bandwidth, its GPUs (in order) and the members that have joined."""
+    """One upstream bus: its bandwidth, the instances under it (in order), the GPUs each puts under it
+    (``ranks``), and the members that have joined."""
 
-    def __init__(self, index: int, bytes_per_s: float, gpus: tuple[int, ...]) -> None:
-        self.index, self.bytes_per_s, self.gpus = index, bytes_per_s, gpus
+    def __init__(self, index: int, bytes_per_s: float, instances: tuple[int, ...], ranks: int = 1) -> None:
+        self.index, self.bytes_per_s, self.instances, self.ranks = index, bytes_per_s, instances, ranks
         self.members: dict[int, BusMember] = {}
-        self._links = {g: LinkStatus() for g in gpus}
+        self._links = {i: LinkStatus() for i in instances}
         self._services: dict[type, Any] = {}
 
-    def join(self, gpu: int, view: EngineView) -> BusMember:
+    def join(self, index: int, view: EngineView) -> BusMember:
         """An instance joins with its view (its link status exists from the start)."""
-        if gpu not in self.gpus:
-            raise ValueError(f"gpu{gpu} is not on bus {self.index} (gpus {self.gpus})")
-        m = self.members[gpu] = BusMember(gpu, view, self._links[gpu])
+        if index not in self.instances:
+            raise ValueError(f"instance {index} is not on bus {self.index} (instances {self.instances})")
+        m = self.members[index] = BusMember(index, view, self._links[index])
         return m
 
-    def link(self, gpu: int) -> LinkStatus:
-        """The link status ``gpu``'s policy writes."""
-        return self._links[gpu]
+    def link(self, index: int) -> LinkStatus:
+        """The link status instance ``index``'s policy writes."""
+        return self._links[index]
 
-    def member(self, gpu: int) -> BusMember:
-        return self.members[gpu]
+    def member(self, index: int) -> BusMember:
+        return self.members[index]
 
-    def peers(self, gpu: int) -> list[BusMember]:
-        """The other members, in GPU order."""
-        return [self.members[g] for g in self.gpus if g != gpu and g in self.members]
+    def peers(self, index: int) -> list[BusMember]:
+        """The other members, in instance order."""
+        return [self.members[i] for i in self.instances if i != index and i in self.members]
 
     @property
     def shared(self) -> bool:
-        return len(self.gpus) > 1
+        """More than one instance copies over this bus."""
+        return len(self.instances) > 1
 
     def service(self, cls: type[T], make: Callable[[], T]) -> T:
         """The bus's one object of type ``cls`` (e.g. a coordinator), made by ``make`` on first use."""

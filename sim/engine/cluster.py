@@ -1,5 +1,8 @@
-"""A cluster: N data-parallel instances (one GPU each) behind a router, sharing PCIe buses and the host
-memory of their nodes, fed by one arrival stream. Runs one policy over one list of requests.
+"""A cluster: data-parallel instances behind a router, sharing PCIe switches, root complexes and the host
+memory of their nodes, fed by one arrival stream. Runs one policy over one list of requests. An instance
+has one GPU, or ``tensor_parallel_size`` x ``pipeline_parallel_size`` consecutive GPUs (the engine
+settings); instances are aligned to the PCIe switches (a tensor-parallel group fills whole switches, or
+several groups share one) and a tensor-parallel group stays inside one node.
 
 The router sends each request to a serving unit: a GPU's own instance, or a unit an overload handler
 formed over several GPUs (a KunServe pipelined group, `ServingUnit`). Round-robin picks a GPU and sends to
@@ -40,17 +43,46 @@ StopRule = Callable[[Sequence[Request], float], bool]
 
 
 class ServingUnit(Protocol):
-    """What the router needs of a serving unit: its lowest GPU, where requests go, its KV demand and
-    capacity in blocks."""
+    """What the router needs of a serving unit: its lowest instance index, where requests go, its KV demand
+    and capacity in blocks."""
 
     @property
-    def gpu(self) -> int: ...
+    def index(self) -> int: ...
 
     def enqueue(self, req: Request) -> None: ...
 
     def demand_blocks(self) -> int: ...
 
     def capacity_blocks(self) -> int: ...
+
+
+def check_layout(hw: HardwareSpec, num_gpus: int, tp: int, pp: int) -> None:
+    """Raise `ValueError` unless ``num_gpus`` split into instances of ``tp`` x ``pp`` GPUs that align with the
+    PCIe switches and keep each tensor-parallel group inside one node."""
+    per = tp * pp
+    if num_gpus % per:
+        raise ValueError(f"num_gpus ({num_gpus}) must be a multiple of tensor_parallel_size x "
+                         f"pipeline_parallel_size ({tp} x {pp} = {per})")
+    if tp > hw.gpus_per_node or hw.gpus_per_node % tp:
+        raise ValueError(f"tensor_parallel_size ({tp}) must divide the GPUs of a node ({hw.gpus_per_node}): a "
+                         f"tensor-parallel group lives in one node")
+    if tp % hw.gpus_per_bus and hw.gpus_per_bus % tp:
+        raise ValueError(f"tensor_parallel_size ({tp}) must divide, or be a multiple of, the GPUs per PCIe switch "
+                         f"({hw.gpus_per_bus}): instances align with switches")
+
+
+def link_rates(hw: HardwareSpec, ranks: int) -> tuple[float, ...]:
+    """Host->device bandwidth of one GPU when m = 1, 2, ... instances under its switch copy at once, each
+    with ``ranks`` GPUs there (the GPUs of an instance share their switch's uplink, and their root complex
+    where it is narrower)."""
+    shares = max(1, hw.gpus_per_bus // ranks)
+    out = []
+    for m in range(1, shares + 1):
+        r = min(hw.h2d_bytes_per_s, hw.bus_bytes_per_s / (m * ranks))
+        if hw.root_is_narrower:
+            r = min(r, hw.root_bytes_per_s / (m * ranks * (hw.root_gpus // hw.gpus_per_bus)))
+        out.append(r)
+    return tuple(out)
 
 
 def _delay_to(now: float, t: float) -> float:
@@ -80,7 +112,9 @@ class RunResult:
 
 
 class Cluster:
-    """N data-parallel instances behind a router over serving units."""
+    """Data-parallel instances behind a router over serving units. ``model`` and ``cost`` are what one GPU
+    of an instance holds and costs (the whole model, or a tensor/pipeline-parallel slice and its
+    `sim.cost.parallel.ParallelCost`); a list gives one per instance."""
 
     def __init__(self, model: ModelSpec | Sequence[ModelSpec], hw: HardwareSpec, cost: CostModel | Sequence[CostModel],
                  policy_factory: Callable[[], OffloadPolicy], engine: EngineConfig | None = None,
@@ -91,13 +125,18 @@ class Cluster:
             raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
         if router not in ("round-robin", "least-loaded"):
             raise ValueError(f"router must be 'round-robin' or 'least-loaded', got {router!r}")
-        # one model (and cost model) for every GPU, or a list with one per GPU (e.g. two models on one bus)
-        models = list(model) if isinstance(model, (list, tuple)) else [model] * num_gpus
-        costs = list(cost) if isinstance(cost, (list, tuple)) else [cost] * num_gpus
-        if len(models) != num_gpus or len(costs) != num_gpus:
-            raise ValueError(f"one model and cost model per GPU: got {len(models)} models and {len(costs)} cost "
-                             f"models for {num_gpus} GPUs")
         self.engine = engine or EngineConfig()
+        tp, pp = self.engine.tensor_parallel_size, self.engine.pipeline_parallel_size
+        per = tp * pp
+        check_layout(hw, num_gpus, tp, pp)
+        n = num_gpus // per
+        # one model (and cost model) for every instance, or a list with one per instance (e.g. two models on
+        # one bus)
+        models = list(model) if isinstance(model, (list, tuple)) else [model] * n
+        costs = list(cost) if isinstance(cost, (list, tuple)) else [cost] * n
+        if len(models) != n or len(costs) != n:
+            raise ValueError(f"one model and cost model per instance: got {len(models)} models and {len(costs)} "
+                             f"cost models for {n} instances")
         self.env = simpy.Environment()
         self.fabric = Fabric.for_gpus(self.env, hw, num_gpus)
         self.timeline = timeline
@@ -106,24 +145,33 @@ class Cluster:
         n_nodes = -(-num_gpus // hw.gpus_per_node)
         self.hosts = [HostMemory(hw.host_memory_bytes) for _ in range(n_nodes)]
         self.router = router
+        # instances under one switch share its Bus; an instance that fills whole switches has its own
+        ranks = min(tp, hw.gpus_per_bus)  # GPUs of one stage under one switch
         per_bus: dict[int, list[int]] = {}
-        for g in range(num_gpus):
-            per_bus.setdefault(g // hw.gpus_per_bus, []).append(g)
-        self.buses = {b: Bus(b, hw.bus_bytes_per_s, tuple(gs)) for b, gs in per_bus.items()}
+        for i in range(n):
+            per_bus.setdefault(i * per // hw.gpus_per_bus, []).append(i)
+        self.buses = {b: Bus(b, hw.bus_bytes_per_s, tuple(ids), ranks) for b, ids in per_bus.items()}
+        rates = link_rates(hw, ranks) if per > 1 or hw.root_is_narrower else ()
         self.instances: list[Instance] = []
-        for g in range(num_gpus):
-            ctx = InstanceContext(models[g], hw, costs[g], self.engine, g, self.buses[g // hw.gpus_per_bus])
+        for i in range(n):
+            gpus = tuple(range(i * per, (i + 1) * per))
+            ctx = InstanceContext(models[i], hw, costs[i], self.engine, i, self.buses[gpus[0] // hw.gpus_per_bus],
+                                  gpus, rates)
             self.instances.append(Instance(self.env, ctx, policy_factory(), self.fabric,
-                                           self.hosts[g // hw.gpus_per_node], timeline, detail_iterations,
+                                           self.hosts[gpus[0] // hw.gpus_per_node], timeline, detail_iterations,
                                            sample_interval_s, scheduler_class))
-        # A bus is private when at most one of its GPUs ever moves data over it; then iterations on it
-        # are timed in closed form.
+        # An instance is private when no other instance that ever moves data over the host link shares its
+        # switches (or its root complexes, where those are modelled); then its iterations are timed in
+        # closed form.
+        def upstream(inst: Instance) -> set[str]:  # the switches (and root complexes) its copies climb through
+            return {res.split("/")[0] for route in inst.routes for res in route if not res.startswith("gpu")}
+
+        movers = [o for o in self.instances if o.policy.uses_host_link or self.engine.preemption == "swap"]
         for inst in self.instances:
-            users = [o for o in self.instances if o.ctx.bus is inst.ctx.bus
-                     and (o.policy.uses_host_link or self.engine.preemption == "swap")]
-            inst.private = len(users) <= 1
+            mine = upstream(inst)
+            inst.private = len([o for o in movers if mine & upstream(o)]) <= 1
         self._rr = 0
-        self.unit_of: list[ServingUnit] = list(self.instances)  # GPU -> its serving unit
+        self.unit_of: list[ServingUnit] = list(self.instances)  # instance -> its serving unit
         self._units: list[ServingUnit] = list(self.instances)
         self.groups: list[ServingUnit] = []  # multi-GPU units in order of formation (handlers add them)
         self.stats: dict[str, float] = {}
@@ -142,11 +190,11 @@ class Cluster:
         """Distinct serving units in GPU order."""
         return self._units
 
-    def set_unit(self, gpus: Iterable[int], unit: ServingUnit | None) -> None:
-        """Route the requests of ``gpus`` to ``unit`` (a multi-GPU unit, or back to each GPU's own instance
-        when ``unit`` is None)."""
-        for g in gpus:
-            self.unit_of[g] = unit if unit is not None else self.instances[g]
+    def set_unit(self, instances: Iterable[int], unit: ServingUnit | None) -> None:
+        """Route the requests of ``instances`` (indices) to ``unit`` (a multi-instance unit, or back to each
+        instance itself when ``unit`` is None)."""
+        for i in instances:
+            self.unit_of[i] = unit if unit is not None else self.instances[i]
         seen: dict[int, ServingUnit] = {}
         for u in self.unit_of:
             seen.setdefault(id(u), u)
@@ -157,20 +205,49 @@ class Cluster:
         if self.router == "round-robin" or n == 1:
             inst = self.instances[self._rr % n]
             self._rr += 1
-            return self.unit_of[inst.gpu]
+            return self.unit_of[inst.index]
         best, key = self._units[0], (float("inf"), 0)
         for u in self._units:
-            k = (u.demand_blocks() / max(u.capacity_blocks(), 1), u.gpu)
+            k = (u.demand_blocks() / max(u.capacity_blocks(), 1), u.index)
             if k < key:
                 best, key = u, k
         return best
 
+    # --- transfers between instances and with the host (for handlers) ------------------------------------
+    def peer_transfer(self, src: Instance, dst: Instance, nbytes: float, tag: str,
+                      on_done: Callable[[object], None] | None = None) -> simpy.Event:
+        """Move ``nbytes`` from every GPU of ``src`` to the GPU of the same rank in ``dst`` over the GPU links
+        (a tensor-parallel slice goes to its counterpart); the event fires, and ``on_done`` runs, when all
+        have arrived."""
+        lat = src.ctx.hw.gpu_link_latency_s
+        if len(src.gpus) == 1 and len(dst.gpus) == 1:
+            return self.fabric.transfer(self.fabric.peer_route(src.gpu, dst.gpu), nbytes, lat, tag=tag,
+                                        on_done=on_done)
+        ev = simpy.AllOf(self.env, [self.fabric.transfer(self.fabric.peer_route(a, b), nbytes, lat, tag=tag)
+                                    for a, b in zip(src.gpus, dst.gpus)])
+        if on_done is not None:
+            ev.callbacks.append(on_done)
+        return ev
+
+    def host_transfer(self, inst: Instance, nbytes: float, tag: str,
+                      on_done: Callable[[object], None] | None = None) -> simpy.Event:
+        """Move ``nbytes`` from host memory to every GPU of ``inst`` over its links (sharing switches);
+        ``on_done`` runs once all have arrived."""
+        lat = inst.ctx.hw.link_latency_s
+        if len(inst.gpus) == 1:
+            return self.fabric.transfer(self.fabric.h2d_route(inst.gpu), nbytes, lat, tag=tag, on_done=on_done)
+        ev = simpy.AllOf(self.env, [self.fabric.transfer(self.fabric.h2d_route(g), nbytes, lat, tag=tag)
+                                    for g in inst.gpus])
+        if on_done is not None:
+            ev.callbacks.append(on_done)
+        return ev
+
     # --- what handlers report ---------------------------------------------------------------------------
-    def mark(self, gpus: Iterable[int], name: str) -> None:
-        """An instant event on each GPU's compute track of the timeline (drops, restores)."""
+    def mark(self, instances: Iterable[int], name: str) -> None:
+        """An instant event on each instance's compute track of the timeline (drops, restores)."""
         if self.timeline is not None:
-            for g in gpus:
-                self.timeline.mark(f"gpu{g}/compute", name, self.env.now)
+            for i in instances:
+                self.timeline.mark(f"gpu{self.instances[i].gpu}/compute", name, self.env.now)
 
     def count(self, key: str, value: float = 1.0) -> None:
         self.stats[key] = self.stats.get(key, 0.0) + value

@@ -18,6 +18,8 @@ class HandlerHooks:
     """Mixed into `Instance` (which sets these attributes)."""
 
     gpu: int
+    index: int
+    gpus: tuple[int, ...]
     bm: BlockManager
     sched: Scheduler
     in_flight: bool
@@ -74,7 +76,7 @@ class HandlerHooks:
         """Resume a request here with its KV blocks (already counted in this engine's pool); it runs from
         the next iteration this engine schedules."""
         assert not self.ended, f"gpu{self.gpu} has stopped"
-        req.instance = self.gpu
+        req.instance = self.index
         s = self.sched
         s.attach_running(req, kind, s.k + 1 if self.in_flight else s.k)
         self.wake()

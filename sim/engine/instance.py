@@ -110,33 +110,47 @@ class InstanceView:
 
 
 class Instance(HandlerHooks, InstanceObservation):
-    """A serving engine on GPU ``ctx.gpu``. Raises `ModelDoesNotFit` if the policy's plan cannot run."""
+    """A serving engine on the GPUs ``ctx.gpu_ids`` (one, or ``tp`` x ``pp`` under tensor and pipeline
+    parallelism: every GPU holds the slice ``ctx.model`` and runs the same plan on it; stages run one after
+    another). ``index`` is the instance's id in its cluster; ``gpu`` its first GPU (its timeline tracks).
+    Raises `ModelDoesNotFit` if the policy's plan cannot run."""
 
     def __init__(self, env: simpy.Environment, ctx: InstanceContext, policy: OffloadPolicy, fabric: Fabric,
                  host: HostMemory, timeline: Timeline | None = None, detail_iterations: int = 0,
                  sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler) -> None:
         self.env, self.ctx, self.policy, self.fabric, self.host = env, ctx, policy, fabric, host
-        self.gpu = ctx.gpu
-        self.delegate: IterationDelegate | None = None  # set while this GPU serves in a multi-GPU unit
+        self.index = ctx.index
+        self.gpus = ctx.gpu_ids
+        self.gpu = self.gpus[0]
+        tp, pp = ctx.tp, ctx.pp
+        if len(self.gpus) != tp * pp:
+            raise ValueError(f"instance {self.index}: {len(self.gpus)} GPUs for tp={tp} x pp={pp}")
+        self.stages = [self.gpus[s * tp:(s + 1) * tp] for s in range(pp)]  # each stage's GPUs (its TP group)
+        self.delegate: IterationDelegate | None = None  # set while this instance serves in a multi-instance unit
         self.view = InstanceView(self)
-        self.bus_member = ctx.bus.join(self.gpu, self.view)
+        self.bus_member = ctx.bus.join(self.index, self.view)
         model, hw, cfg = ctx.model, ctx.hw, ctx.engine
         policy.setup(ctx)
         self.plan: OffloadPlan = policy.initial_plan()
         self.layout = MemoryLayout.build(model, hw, cfg, self.plan)
         best = MemoryLayout.build(model, hw, cfg, policy.max_kv_plan(), check=False)
         self.max_blocks = max(self.layout.kv_blocks, best.kv_blocks)
-        self.host_weight_bytes = policy.host_weight_bytes()
-        host.allocate("weights", self.host_weight_bytes)
+        self.host_weight_bytes = policy.host_weight_bytes()  # one GPU's; every GPU of the instance has its own
+        host.allocate("weights", self.host_weight_bytes * len(self.gpus))
         self.bm = BlockManager(self.layout.kv_blocks, cfg.block_size)
         self.sched = scheduler_class(self.bm, cfg, self.layout.block_bytes, host, on_finish=self._on_done,
-                                     on_reject=self._on_done, admit_hook=self._admit)
+                                     on_reject=self._on_done, admit_hook=self._admit, gpus=len(self.gpus))
         self.layer_bytes = model.weight_bytes_per_layer
         self.h2d_route = fabric.h2d_route(self.gpu)
         self.d2h_route = fabric.d2h_route(self.gpu)
-        self.h2d_rate = fabric.private_rate(self.h2d_route)
-        self.d2h_rate = fabric.private_rate(self.d2h_route)
-        self.private = True  # set by the cluster: nobody else uses this GPU's bus
+        self.routes = [r for g in self.gpus for r in (fabric.h2d_route(g), fabric.d2h_route(g))]
+        if len(self.gpus) == 1:
+            self.h2d_rate = fabric.private_rate(self.h2d_route)
+            self.d2h_rate = fabric.private_rate(self.d2h_route)
+        else:  # the instance's own GPUs of one stage share their switch (and root complex) when they copy
+            self.h2d_rate = ctx.host_link_rates[0]
+            self.d2h_rate = self.h2d_rate * hw.d2h_bytes_per_s / hw.h2d_bytes_per_s
+        self.private = True  # set by the cluster: no other instance uses this instance's buses
         self.closed = False
         self._wake: simpy.Event | None = None
         self._wake_at: float | None = None
@@ -165,7 +179,7 @@ class Instance(HandlerHooks, InstanceObservation):
 
     # --- requests in ----------------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
-        req.instance = self.gpu
+        req.instance = self.index
         need = self.bm.blocks_for(req.prompt_tokens + req.output_tokens)
         if need > self.max_blocks:
             req.reject(f"needs {need} KV blocks ({req.prompt_tokens}+{req.output_tokens} tokens); the pool "
@@ -219,7 +233,7 @@ class Instance(HandlerHooks, InstanceObservation):
         if req in s.swapped:
             s.swapped.remove(req)
             nbytes = req.host_blocks * self.layout.block_bytes
-            self.host.free("kv_swap", nbytes)
+            self.host.free("kv_swap", nbytes * len(self.gpus))
             s.swap_bytes_used -= nbytes
             req.host_blocks = 0
         s.reject(req, reason, self.env.now)
@@ -257,8 +271,8 @@ class Instance(HandlerHooks, InstanceObservation):
         if self.apply_plan(plan) is None:
             return False
         new = self.policy.host_weight_bytes()
-        self.host.free("weights", self.host_weight_bytes)
-        self.host.allocate("weights", new)
+        self.host.free("weights", self.host_weight_bytes * len(self.gpus))
+        self.host.allocate("weights", new * len(self.gpus))
         self.host_weight_bytes = new
         return True
 
@@ -302,7 +316,7 @@ class Instance(HandlerHooks, InstanceObservation):
                 timing = yield from self.delegate.execute(self, batch)
             else:
                 timing = yield from self._execute(batch)
-            held = self.plan.host_bytes(self.ctx.model) + sched.swap_bytes_used
+            held = (self.plan.host_bytes(self.ctx.model) + sched.swap_bytes_used) * len(self.gpus)
             if held > self.peak_host_bytes:
                 self.peak_host_bytes = held
             sched.complete(batch, env.now)
@@ -331,10 +345,12 @@ class Instance(HandlerHooks, InstanceObservation):
         link_work = bool(tasks) or (plan.mode == "uva" and bool(plan.offloaded))
         record = self.detail_left > 0 and self.timeline is not None
         lat = ctx.hw.link_latency_s
-        # Closed form when this iteration moves nothing over the host link, or when the link is private
-        # and idle and only one kind of traffic (weights or swaps) uses it.
+        # Closed form when this iteration moves nothing over the host link, or when the links are private
+        # and idle and only one kind of traffic (weights or swaps) uses them. Pipeline stages run one after
+        # another (each on its own GPUs' links); every GPU of a stage copies its slice of each layer.
+        fab = self.fabric
         if not (link_work or swaps) or (self.private and not (link_work and swaps)
-                                        and self.fabric.idle(self.h2d_route) and self.fabric.idle(self.d2h_route)):
+                                        and all(fab.idle(r) for r in self.routes)):
             swap_ready = None
             if swaps:
                 swap_ready = now
@@ -342,23 +358,36 @@ class Instance(HandlerHooks, InstanceObservation):
                     swap_ready = max(swap_ready, (now + lat) + batch.swap_in_bytes / self.h2d_rate)
                 if batch.swap_out_bytes:
                     swap_ready = max(swap_ready, (now + lat) + batch.swap_out_bytes / self.d2h_rate)
-            timing = run_closed_form(now, plan, compute_s, tasks, self.h2d_rate, lat, fixed_s,
-                                     self.layer_bytes, swap_ready, record)
-            if timing.copy_bytes:
-                self.fabric.account(self.h2d_route, timing.copy_bytes, timing.copy_first_s, timing.copy_last_s,
-                                    tag="weights")
-            if batch.swap_in_bytes:
-                self.fabric.account(self.h2d_route, batch.swap_in_bytes, now,
-                                    (now + lat) + batch.swap_in_bytes / self.h2d_rate, tag="swap_h2d")
-            if batch.swap_out_bytes:
-                self.fabric.account(self.d2h_route, batch.swap_out_bytes, now,
-                                    (now + lat) + batch.swap_out_bytes / self.d2h_rate, tag="swap_d2h")
+            passes = []
+            t = now
+            for s, stage in enumerate(self.stages):
+                last = s == len(self.stages) - 1
+                tm = run_closed_form(t, plan, compute_s, tasks, self.h2d_rate, lat, fixed_s if last else 0.0,
+                                     self.layer_bytes, swap_ready if s == 0 else None, record)
+                if tm.copy_bytes:
+                    for g in stage:
+                        fab.account(fab.h2d_route(g), tm.copy_bytes, tm.copy_first_s, tm.copy_last_s, tag="weights")
+                passes.append(tm)
+                t = tm.end_s
+            for g in self.gpus:
+                if batch.swap_in_bytes:
+                    fab.account(fab.h2d_route(g), batch.swap_in_bytes, now,
+                                (now + lat) + batch.swap_in_bytes / self.h2d_rate, tag="swap_h2d")
+                if batch.swap_out_bytes:
+                    fab.account(fab.d2h_route(g), batch.swap_out_bytes, now,
+                                (now + lat) + batch.swap_out_bytes / self.d2h_rate, tag="swap_d2h")
+            timing = passes[0] if len(passes) == 1 else IterationTiming.chain(passes)
             yield env.timeout(timing.end_s - now)
         else:
             self.event_iterations += 1
             swap_list = [("h2d", batch.swap_in_bytes), ("d2h", batch.swap_out_bytes)]
-            timing = yield from run_events(env, self.fabric, self.gpu, plan, compute_s, tasks, lat, fixed_s,
-                                           self.layer_bytes, swap_list, record)
+            passes = []
+            for s, stage in enumerate(self.stages):
+                last = s == len(self.stages) - 1
+                tm = yield from run_events(env, fab, stage, plan, compute_s, tasks, lat, fixed_s if last else 0.0,
+                                           self.layer_bytes, swap_list if s == 0 else (), record, self.gpus)
+                passes.append(tm)
+            timing = passes[0] if len(passes) == 1 else IterationTiming.chain(passes)
         return timing
 
     def _end_iteration(self, batch: ScheduledBatch, tm: IterationTiming) -> None:

@@ -77,6 +77,22 @@ class IterationTiming:
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
+    @classmethod
+    def chain(cls, passes: Sequence["IterationTiming"]) -> "IterationTiming":
+        """Pipeline stages run one after another: one iteration from the first pass's start to the last's end
+        (copy bytes are per GPU of a stage, summed over the stages)."""
+        first, last = passes[0], passes[-1]
+        out = cls(first.start_s, last.end_s, last.layers_end_s, sum(p.copy_bytes for p in passes))
+        with_copies = [p for p in passes if p.copy_first_s >= 0]
+        if with_copies:
+            out.copy_first_s, out.copy_last_s = with_copies[0].copy_first_s, with_copies[-1].copy_last_s
+        for p in passes:
+            out.layer_start_s += p.layer_start_s
+            out.layer_end_s += p.layer_end_s
+            out.copies += p.copies
+            out.uva += p.uva
+        return out
+
     def add_spans(self, tl: Timeline, gpu: int, label: str = "", fixed: bool = False) -> None:
         """Its recorded layer and copy spans on ``tl`` (and the fixed work after the layers if ``fixed``)."""
         copies = [("copy", *c) for c in self.copies] + [("uva", *c) for c in self.uva]
@@ -167,13 +183,17 @@ def run_closed_form(t0: float, plan: OffloadPlan, compute_s: float, tasks: tuple
     return timing
 
 
-def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPlan, compute_s: float,
-               tasks: tuple[CopyTask, ...], latency_s: float, fixed_s: float, layer_bytes: float = 0.0,
-               swaps: Sequence[tuple[str, float]] = (), record: bool = False
-               ) -> Generator[simpy.Event, object, IterationTiming]:
+def run_events(env: simpy.Environment, fabric: Fabric, gpu: int | Sequence[int], plan: OffloadPlan,
+               compute_s: float, tasks: tuple[CopyTask, ...], latency_s: float, fixed_s: float,
+               layer_bytes: float = 0.0, swaps: Sequence[tuple[str, float]] = (), record: bool = False,
+               swap_gpus: Sequence[int] | None = None) -> Generator[simpy.Event, object, IterationTiming]:
     """SimPy process body (use ``yield from``): the same schedule with transfers on a shared fabric.
-    ``swaps`` are (direction ``"h2d"``/``"d2h"``, bytes) KV transfers issued at the iteration start."""
+    ``gpu``: the GPU, or the GPUs of a tensor-parallel stage, each of which moves ``nbytes`` of every copy
+    over its own link (a copy ends when all have). ``swaps`` are (direction ``"h2d"``/``"d2h"``, bytes per
+    GPU) KV transfers issued at the iteration start on each of ``swap_gpus`` (default: ``gpu``)."""
     t0 = env.now
+    gpus = [gpu] if isinstance(gpu, int) else list(gpu)
+    routes = [fabric.h2d_route(g) for g in gpus]
     L = plan.num_layers
     C = plan.chunks
     chunked = plan.offloaded_set if C > 1 else frozenset()
@@ -181,8 +201,14 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
     piece_done = {l * C + q: env.event() for l in chunked for q in range(C)}
     arrival: dict[int, simpy.Event] = {t.layer * C + t.part: env.event() for t in tasks}
     timing = IterationTiming(t0, t0, t0)
-    h2d = fabric.h2d_route(gpu)
+    h2d = routes[0]
     uva = _uva_bytes(plan, layer_bytes)
+
+    def transfer(nbytes: float, tag: str) -> simpy.Event:
+        """The same transfer on every GPU's route; one event for all."""
+        if len(routes) == 1:
+            return fabric.transfer(h2d, nbytes, latency_s, tag=tag)
+        return simpy.AllOf(env, [fabric.transfer(r, nbytes, latency_s, tag=tag) for r in routes])
 
     def copy_stream() -> Generator[simpy.Event, object, None]:
         for task in tasks:
@@ -195,7 +221,7 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
             s = env.now
             if timing.copy_first_s < 0:
                 timing.copy_first_s = s
-            yield fabric.transfer(h2d, task.nbytes, latency_s, tag="weights")
+            yield transfer(task.nbytes, "weights")
             timing.copy_last_s = env.now
             timing.copy_bytes += task.nbytes
             if record:
@@ -204,8 +230,9 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
 
     if tasks:
         env.process(copy_stream())
-    swap_events = [fabric.transfer(h2d if d == "h2d" else fabric.d2h_route(gpu), b, latency_s, tag=f"swap_{d}")
-                   for d, b in swaps if b > 0]
+    swap_events = [fabric.transfer(fabric.h2d_route(g) if d == "h2d" else fabric.d2h_route(g), b, latency_s,
+                                   tag=f"swap_{d}")
+                   for d, b in swaps if b > 0 for g in (swap_gpus if swap_gpus is not None else gpus)]
     if swap_events:
         yield simpy.AllOf(env, swap_events)
     for l in range(L):
@@ -219,14 +246,15 @@ def run_events(env: simpy.Environment, fabric: Fabric, gpu: int, plan: OffloadPl
             b = uva.get(l)
             if b is not None:
                 s = env.now
-                read = fabric.transfer(h2d, b, latency_s, tag="uva")
+                read = transfer(b, "uva")
                 yield simpy.AllOf(env, [env.timeout(compute_s), read])
                 timing.copy_bytes += b
                 if timing.copy_first_s < 0:
                     timing.copy_first_s = s
                 timing.copy_last_s = env.now
                 if record:
-                    timing.uva.append((l, s, read.value, b))  # type: ignore[arg-type]
+                    read_end = read.value if len(routes) == 1 else env.now  # type: ignore[assignment]
+                    timing.uva.append((l, s, read_end, b))  # type: ignore[arg-type]
             else:
                 yield env.timeout(compute_s if n == 1 else compute_s / n)
             if n > 1:

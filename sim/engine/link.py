@@ -39,18 +39,22 @@ class Fabric:
     """Processor-sharing network of links.
 
     Resource names: ``gpu{g}/h2d``, ``gpu{g}/d2h`` (each GPU's host link, per direction), ``bus{b}/h2d``,
-    ``bus{b}/d2h`` (the upstream bus that ``gpus_per_bus`` GPUs share), ``gpu{g}/peer_tx`` and
-    ``gpu{g}/peer_rx`` (GPU<->GPU link). Each flow has its own completion timer, re-armed only when its
+    ``bus{b}/d2h`` (the upstream bus of a PCIe switch that ``gpus_per_bus`` GPUs share), ``root{r}/h2d``,
+    ``root{r}/d2h`` (a host root complex's path to host memory, shared by the switches under it; only where
+    it is narrower than their uplinks), ``gpu{g}/peer_tx`` and ``gpu{g}/peer_rx`` (GPU<->GPU link). A host
+    copy's route climbs the tree: GPU link, switch uplink, then the root complex where one is modelled. Each flow has its own completion timer, re-armed only when its
     rate changes, so flows in unconnected parts of the fabric never perturb each other's arithmetic.
     """
 
-    def __init__(self, env: simpy.Environment, capacity: dict[str, float], gpus_per_bus: int = 1) -> None:
+    def __init__(self, env: simpy.Environment, capacity: dict[str, float], gpus_per_bus: int = 1,
+                 gpus_per_root: int = 0) -> None:
         for r, c in capacity.items():
             if c <= 0:
                 raise ValueError(f"link {r}: capacity must be > 0, got {c}")
         self.env = env
         self.capacity = dict(capacity)
         self.gpus_per_bus = gpus_per_bus
+        self.gpus_per_root = gpus_per_root  # 0: no root complex resources (not narrower than the switches)
         self.bytes_moved = {r: 0.0 for r in capacity}
         self.busy_s = {r: 0.0 for r in capacity}
         # optional observer of finished transfers: (resource, tag, start_s, end_s, bytes)
@@ -62,24 +66,33 @@ class Fabric:
     @classmethod
     def for_gpus(cls, env: simpy.Environment, hw: HardwareSpec, num_gpus: int) -> "Fabric":
         cap: dict[str, float] = {}
+        roots = hw.root_is_narrower
         for g in range(num_gpus):
             b = g // hw.gpus_per_bus
             cap[f"gpu{g}/h2d"] = hw.h2d_bytes_per_s
             cap[f"gpu{g}/d2h"] = hw.d2h_bytes_per_s
             cap[f"bus{b}/h2d"] = hw.bus_bytes_per_s
             cap[f"bus{b}/d2h"] = hw.bus_bytes_per_s
+            if roots:
+                r = g // hw.root_gpus
+                cap[f"root{r}/h2d"] = hw.root_bytes_per_s
+                cap[f"root{r}/d2h"] = hw.root_bytes_per_s
             cap[f"gpu{g}/peer_tx"] = hw.gpu_link_bytes_per_s
             cap[f"gpu{g}/peer_rx"] = hw.gpu_link_bytes_per_s
-        return cls(env, cap, hw.gpus_per_bus)
+        return cls(env, cap, hw.gpus_per_bus, hw.root_gpus if roots else 0)
 
     # --- routes ---------------------------------------------------------------------------------------
     def bus_of(self, gpu: int) -> int:
         return gpu // self.gpus_per_bus
 
     def h2d_route(self, gpu: int) -> tuple[str, ...]:
+        if self.gpus_per_root:
+            return (f"gpu{gpu}/h2d", f"bus{self.bus_of(gpu)}/h2d", f"root{gpu // self.gpus_per_root}/h2d")
         return (f"gpu{gpu}/h2d", f"bus{self.bus_of(gpu)}/h2d")
 
     def d2h_route(self, gpu: int) -> tuple[str, ...]:
+        if self.gpus_per_root:
+            return (f"gpu{gpu}/d2h", f"bus{self.bus_of(gpu)}/d2h", f"root{gpu // self.gpus_per_root}/d2h")
         return (f"gpu{gpu}/d2h", f"bus{self.bus_of(gpu)}/d2h")
 
     def peer_route(self, src: int, dst: int) -> tuple[str, ...]:

@@ -30,13 +30,19 @@ class EngineConfig:
     chunked_prefill: bool = True
     preemption: Literal["recompute", "swap"] = "recompute"
     gpu_memory_utilization: float = 0.9
-    swap_space_gib: float = 4.0  # per GPU, pinned host memory for swapped KV
+    swap_space_gib: float = 4.0  # per GPU, pinned host memory for swapped KV (vLLM's swap_space)
     watermark: float = 0.01  # share of KV blocks kept free when admitting new requests
     # vLLM V0's chunked-prefill scheduler admits waiting requests in an iteration that preempted (True);
     # V1's admits none until an iteration preempts nothing (False), which damps the preemption spiral.
     admit_after_preemption: bool = True
+    # an instance spans tensor_parallel_size x pipeline_parallel_size GPUs (vLLM's engine arguments); its
+    # memory layout, KV pool and plans are those of one GPU's slice of the model (`ModelSpec.shard`)
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
 
     def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:
+            raise ValueError("tensor_parallel_size and pipeline_parallel_size must be >= 1")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.max_num_batched_tokens < 1 or self.max_num_seqs < 1:

@@ -57,10 +57,11 @@ def summarize(result: RunResult, df: pd.DataFrame | None = None) -> dict[str, An
     fab = result.fabric
     h2d_util = d2h_util = 0.0
     if fab is not None and result.instances and result.simulated_s > 0:
-        h2d_util = float(np.mean([fab.bytes_moved[i.h2d_route[0]] / (fab.capacity[i.h2d_route[0]] * sim_s)
-                                  for i in result.instances]))
-        d2h_util = float(np.mean([fab.bytes_moved[i.d2h_route[0]] / (fab.capacity[i.d2h_route[0]] * sim_s)
-                                  for i in result.instances]))
+        gpus = [g for i in result.instances for g in i.gpus]  # every GPU's own host link
+        h2d_util = float(np.mean([fab.bytes_moved[f"gpu{g}/h2d"] / (fab.capacity[f"gpu{g}/h2d"] * sim_s)
+                                  for g in gpus]))
+        d2h_util = float(np.mean([fab.bytes_moved[f"gpu{g}/d2h"] / (fab.capacity[f"gpu{g}/d2h"] * sim_s)
+                                  for g in gpus]))
     samples = series_frame(result)
     used = samples.weights_bytes + samples.staging_bytes + samples.workspace_bytes + samples.kv_used_bytes
     summary: dict[str, Any] = {
@@ -83,7 +84,7 @@ def summarize(result: RunResult, df: pd.DataFrame | None = None) -> dict[str, An
         # peaks summed); the pinned reservation (a host copy of every layer it may offload) is separate
         "host_memory_peak_bytes": float(sum(i.peak_host_bytes for i in result.instances)),
         "host_memory_reserved_peak_bytes": float(max((h.peak_bytes for h in result.hosts), default=0.0)),
-        "host_weight_bytes": float(sum(i.host_weight_bytes for i in result.instances)),
+        "host_weight_bytes": float(sum(i.host_weight_bytes * len(i.gpus) for i in result.instances)),
         "offloaded_weight_bytes_mean": float(samples.groupby("gpu").host_weights_bytes.mean().sum())
         if len(samples) else 0.0,
         "pcie_h2d_utilization": h2d_util,

@@ -89,6 +89,18 @@ class InstanceObservation:
     def own_sample(self, shape: BatchShape | None = None, iteration_s: float = 0.0) -> Sample:
         """This GPU's sample as if it served alone (a delegate adjusts it)."""
         s, lay, bm = self.sched, self.layout, self.bm
+        n = len(self.gpus)
+        if n > 1:  # host traffic and host memory of all the instance's GPUs; GPU memory is one GPU's
+            fab = self.fabric
+            return Sample(self.env.now, self.gpu, len(s.waiting), s.num_running, len(s.swapped), bm.used,
+                          bm.num_blocks, lay.weights_bytes, lay.staging_bytes, lay.workspace_bytes, lay.kv_pool_bytes,
+                          bm.used * lay.block_bytes, lay.usable_bytes, self.host.used_bytes,
+                          sum(fab.bytes_moved[f"gpu{g}/h2d"] for g in self.gpus),
+                          sum(fab.bytes_moved[f"gpu{g}/d2h"] for g in self.gpus),
+                          fab.bytes_moved[self.h2d_route[1]], self.plan.num_offloaded, self.plan.interval or 0,
+                          shape.tokens if shape else 0, shape.decode_tokens if shape else 0, iteration_s,
+                          -1, 1, bm.num_blocks * bm.block_size, self.plan.host_bytes(self.ctx.model) * n,
+                          s.swap_bytes_used * n)
         return Sample(self.env.now, self.gpu, len(s.waiting), s.num_running, len(s.swapped), bm.used,
                       bm.num_blocks, lay.weights_bytes, lay.staging_bytes, lay.workspace_bytes, lay.kv_pool_bytes,
                       bm.used * lay.block_bytes, lay.usable_bytes, self.host.used_bytes,

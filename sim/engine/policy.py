@@ -27,20 +27,40 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class InstanceContext:
-    """What a policy may know about the instance it serves: the model, the hardware, the cost model, the
-    engine settings, its GPU and the upstream bus it shares with other GPUs."""
+    """What a policy may know about the instance it serves: the model one of its GPUs holds (the whole
+    model, or one rank's slice under tensor / pipeline parallelism: `ModelSpec.shard`), the hardware, the
+    cost model of that GPU's part of an iteration (collectives included), the engine settings, the
+    instance's index and GPUs, the upstream bus it shares with other instances, and the copy bandwidth one
+    of its GPUs gets from the host when 1, 2, ... of the bus's instances copy at once."""
 
     model: ModelSpec
     hw: HardwareSpec
     cost: CostModel
     engine: EngineConfig
-    gpu: int
+    index: int
     bus: Bus
+    gpus: tuple[int, ...] = ()  # its GPUs, stage by stage (default: GPU ``index`` alone)
+    link_rates: tuple[float, ...] = ()  # bytes/s per GPU at share m = 1, 2, ... (default: from hw)
 
     @property
-    def bus_gpus(self) -> tuple[int, ...]:
-        """GPUs sharing this GPU's upstream bus (itself included)."""
-        return self.bus.gpus
+    def gpu_ids(self) -> tuple[int, ...]:
+        return self.gpus or (self.index,)
+
+    @property
+    def tp(self) -> int:
+        return self.engine.tensor_parallel_size
+
+    @property
+    def pp(self) -> int:
+        return self.engine.pipeline_parallel_size
+
+    @property
+    def host_link_rates(self) -> tuple[float, ...]:
+        """Per-GPU host->device bandwidth when m = 1, 2, ... instances of the bus copy at once."""
+        if self.link_rates:
+            return self.link_rates
+        hw = self.hw
+        return tuple(min(hw.h2d_bytes_per_s, hw.bus_bytes_per_s / m) for m in range(1, hw.gpus_per_bus + 1))
 
 
 class OffloadPolicy(ABC):

@@ -51,6 +51,7 @@ class Scheduler:
     on_finish: Callable[[Request], None] = lambda r: None
     on_reject: Callable[[Request], None] = lambda r: None
     admit_hook: AdmitHook | None = None
+    gpus: int = 1  # GPUs holding a slice of every KV block (tensor x pipeline parallel): host memory per block
 
     # waiting and swapped keep the KV blocks their requests need as a counter (O(1) demand)
     waiting: DemandQueue = field(init=False)
@@ -213,7 +214,7 @@ class Scheduler:
         nbytes = req.blocks * self.block_bytes
         return (req.id in self.decoding and req.blocks > 0
                 and self.swap_bytes_used + nbytes <= self.cfg.swap_space_gib * GiB
-                and (self.host is None or self.host.can_allocate(nbytes)))
+                and (self.host is None or self.host.can_allocate(nbytes * self.gpus)))
 
     def preempt(self, req: Request, batch: ScheduledBatch, mode: str | None = None) -> None:
         """Preempt a running request by ``mode`` (default: the engine's): ``swap`` moves a decoding
@@ -230,7 +231,7 @@ class Scheduler:
         nbytes = req.blocks * self.block_bytes
         if swap:
             if self.host is not None:
-                self.host.allocate("kv_swap", nbytes)
+                self.host.allocate("kv_swap", nbytes * self.gpus)
             self.swap_bytes_used += nbytes
             batch.swap_out_bytes += nbytes
             req.host_blocks = req.blocks
@@ -293,7 +294,7 @@ class Scheduler:
                 self.swapped.popleft()
                 nbytes = req.host_blocks * self.block_bytes
                 if self.host is not None:
-                    self.host.free("kv_swap", nbytes)
+                    self.host.free("kv_swap", nbytes * self.gpus)
                 self.swap_bytes_used -= nbytes
                 batch.swap_in_bytes += nbytes
                 bm.allocate(need)

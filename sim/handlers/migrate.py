@@ -44,7 +44,7 @@ class Migrate(OverloadHandler):
 
     def attach(self, cluster: "Cluster") -> None:
         super().attach(cluster)
-        self.inflight: dict[int, int] = {i.gpu: 0 for i in cluster.instances}
+        self.inflight: dict[int, int] = {i.index: 0 for i in cluster.instances}
         self.moving: set[int] = set()
         cluster.env.process(self._loop())
 
@@ -63,30 +63,28 @@ class Migrate(OverloadHandler):
         insts = [i for i in self.cluster.instances if not i.close_requested and not i.ended and i.delegate is None]
         over = [i for i in insts if self._load(i) >= self.high and i.queued_blocks() > 0]
         for src in sorted(over, key=self._load, reverse=True):
-            if self.inflight[src.gpu] >= self.max_inflight:
+            if self.inflight[src.index] >= self.max_inflight:
                 continue
             cands = sorted((r for r in src.sched.decoding.values() if r.id not in self.moving),
                            key=lambda r: (r.arrival_s, r.id), reverse=True)
             for req in cands:
-                if self.inflight[src.gpu] >= self.max_inflight:
+                if self.inflight[src.index] >= self.max_inflight:
                     break
                 others = [i for i in insts if i is not src]
                 if not others:
                     return
-                dst = min(others, key=lambda i: (self._load(i), i.gpu))
+                dst = min(others, key=lambda i: (self._load(i), i.index))
                 if self._load(dst, req.blocks + 1) > self.low:
                     break
-                self.inflight[src.gpu] += 1
+                self.inflight[src.index] += 1
                 self.moving.add(req.id)
                 self.cluster.env.process(self._migrate(src, dst, req))
 
     # --- one live migration -------------------------------------------------------------------------------
     def _migrate(self, src: "Instance", dst: "Instance", req: "Request") -> Generator[simpy.Event, object, None]:
         c = self.cluster
-        env, fabric = c.env, c.fabric
-        bb = src.layout.block_bytes
-        lat = src.ctx.hw.gpu_link_latency_s
-        route = fabric.peer_route(src.gpu, dst.gpu)
+        env = c.env
+        bb = src.layout.block_bytes  # per GPU: with tensor parallelism each rank moves its slice to its counterpart
         epoch = req.epoch
         copied = reserved = 0
         src.hold()
@@ -107,7 +105,7 @@ class Migrate(OverloadHandler):
                 dst.bm.allocate(new)
                 dst.reserved_blocks += new
                 reserved += new
-                yield fabric.transfer(route, new * bb, lat, tag="migrate")
+                yield c.peer_transfer(src, dst, new * bb, "migrate")
                 copied += new
             stopped = env.event()
 
@@ -127,20 +125,20 @@ class Migrate(OverloadHandler):
             if not ok:
                 return
             reserved = req.blocks
-            yield fabric.transfer(route, (req.blocks - copied) * bb, lat, tag="migrate")
+            yield c.peer_transfer(src, dst, (req.blocks - copied) * bb, "migrate")
             src.bm.release(req.blocks)
             src.reserved_blocks -= req.blocks
             dst.reserved_blocks -= req.blocks
             reserved = 0
             dst.put_running(req, "decode")
             c.count("migrations")
-            c.count("migrated_bytes", req.blocks * bb)
+            c.count("migrated_bytes", req.blocks * bb * len(src.gpus))
             src.wake()
         finally:
             if reserved:  # abandoned: give the target's reservation back
                 dst.bm.release(reserved)
                 dst.reserved_blocks -= reserved
-            self.inflight[src.gpu] -= 1
+            self.inflight[src.index] -= 1
             self.moving.discard(req.id)
             src.release()
             dst.release()

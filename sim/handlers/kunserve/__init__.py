@@ -70,13 +70,17 @@ class KunServe(OverloadHandler):
 
     def attach(self, cluster: "Cluster") -> None:
         super().attach(cluster)
+        if cluster.engine.pipeline_parallel_size > 1:
+            raise ValueError("kunserve: pipeline-parallel instances are not supported (it pipelines instances "
+                             "itself); use tensor parallelism")
         for inst in cluster.instances:
             if inst.plan.offloaded:
                 raise ValueError("kunserve drops resident replicas: use it with the 'none' offload policy")
         if self.params.host_copy:
-            model = cluster.instances[0].ctx.model
+            inst = cluster.instances[0]  # every GPU keeps a copy of its slice's layers
+            model = inst.ctx.model
             for host in cluster.hosts:
-                host.allocate("weights_copy", model.num_layers * model.weight_bytes_per_layer)
+                host.allocate("weights_copy", model.num_layers * model.weight_bytes_per_layer * len(inst.gpus))
         self.controller = Controller(cluster, self.params)
         cluster.env.process(self.controller.run())
 

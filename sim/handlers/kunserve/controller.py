@@ -46,12 +46,12 @@ class Controller:
             return  # no more arrivals: nothing to drop for
         loads, votes = [], 0
         for inst in c.instances:
-            if c.unit_of[inst.gpu] is not inst:
+            if c.unit_of[inst.index] is not inst:
                 continue
             d, cap, q = inst.demand_blocks(), inst.capacity_blocks(), inst.queued_blocks()
             v = votes_to_drop(d, cap, q, inst.head_blocks(), p.drop_threshold)
             votes += v
-            loads.append(InstanceLoad(inst.gpu, d, cap, inst.layout.kv_pool_bytes, v,
+            loads.append(InstanceLoad(inst.index, d, cap, inst.layout.kv_pool_bytes, v,
                                       inst.gpu // self.hw.gpus_per_node))
         if not votes:
             return

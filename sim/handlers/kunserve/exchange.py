@@ -45,9 +45,8 @@ def _incoming(grp: "PipelineGroup", blocks: int, origin: int) -> list[float]:
 
 
 def exchange(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
-    env, fabric = grp.env, grp.cluster.fabric
+    env = grp.env
     per_step = grp.params.exchange_per_step
-    lat = grp.hw.gpu_link_latency_s
     while grp.unexchanged:
         yield grp.boundary()
         picks: list[int] = []
@@ -78,9 +77,9 @@ def exchange(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
             for r in range(grp.g):
                 if r != o:
                     flows[(o, r)] = flows.get((o, r), 0.0) + grp.f[r] * req.blocks * grp.bb
-        events = [fabric.transfer(fabric.peer_route(grp.gpus[o], grp.gpus[r]), b, lat, tag="kv_exchange")
+        events = [grp.cluster.peer_transfer(grp.members[o], grp.members[r], b, "kv_exchange")
                   for (o, r), b in flows.items()]
-        grp.cluster.count("kunserve_exchange_bytes", sum(flows.values()))
+        grp.cluster.count("kunserve_exchange_bytes", sum(flows.values()) * len(grp.leader.gpus))
         yield simpy.AllOf(env, events)
         for rid in picks:
             req, kind, o = grp.unexchanged.pop(rid)

@@ -17,7 +17,7 @@ def begin(grp: PipelineGroup) -> None:
     """Route the members' requests to the group and park each member at its next boundary."""
     if any(m.closed for m in grp.members):
         raise RuntimeError("a group forms only while requests still arrive")
-    grp.cluster.set_unit(grp.gpus, grp)
+    grp.cluster.set_unit(grp.indices, grp)
     for m in grp.members:
         m.hold()
     for m in grp.members:
@@ -37,7 +37,7 @@ def _park(grp: PipelineGroup, m: Instance) -> None:
     assert taken == m.bm.used, "parked blocks are those of the running requests"
     m.bm.release(taken)
     grp.local[r] = taken
-    grp.parked.add(m.gpu)
+    grp.parked.add(m.index)
     if len(grp.parked) == grp.g:
         _form(grp)
 
@@ -65,7 +65,7 @@ def _form(grp: PipelineGroup) -> None:
         lead.enqueue(req)
     grp.pending.clear()
     grp.after_step()
-    grp.cluster.mark(grp.gpus, f"drop g={grp.g} gpus {','.join(map(str, grp.gpus))}")
+    grp.cluster.mark(grp.indices, f"drop g={grp.g} gpus {','.join(map(str, grp.gpus))}")
     grp.cluster.count("drops")
     env.process(exchange(grp))
     lead.wake()

@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 class PipelineGroup:
     def __init__(self, cluster: "Cluster", members: list["Instance"], params: Any) -> None:
         self.cluster, self.env, self.params = cluster, cluster.env, params
-        self.members = sorted(members, key=lambda m: m.gpu)
+        self.members = sorted(members, key=lambda m: m.index)
         self.leader = self.members[0]
-        self.gpus = [m.gpu for m in self.members]
+        self.indices = [m.index for m in self.members]  # the member instances
+        self.gpus = [g for m in self.members for g in m.gpus]  # all their GPUs
         self.id = len(cluster.groups)
         cluster.groups.append(self)
         ctx = self.leader.ctx
@@ -75,12 +76,12 @@ class PipelineGroup:
 
     # --- the serving-unit protocol ----------------------------------------------------------------------
     @property
-    def gpu(self) -> int:
-        return self.leader.gpu
+    def index(self) -> int:
+        return self.leader.index
 
     def enqueue(self, req: Request) -> None:
         if self.state == "forming" or self.state == "converting":
-            req.instance = self.leader.gpu
+            req.instance = self.leader.index
             req.state = State.WAITING
             (self.pending.append if self.state == "forming" else self.holding.append)(req)
         else:
@@ -207,12 +208,12 @@ class PipelineGroup:
             m.put_running(req, kind)
         self.converted.clear()
         self.local = [0] * self.g
-        self.cluster.set_unit(self.gpus, None)
+        self.cluster.set_unit(self.indices, None)
         for req in sorted(waiting, key=lambda q: (q.arrival_s, q.id)):
             self.cluster.route(req).enqueue(req)
         self.state = "split"
         self.split_s = self.env.now
-        self.cluster.mark(self.gpus, f"restore g={self.g} gpus {','.join(map(str, self.gpus))}")
+        self.cluster.mark(self.indices, f"restore g={self.g} gpus {','.join(map(str, self.gpus))}")
         self.cluster.count("restores")
         for m in self.members:
             m.release()

@@ -25,18 +25,21 @@ if TYPE_CHECKING:
 
 
 def restore_copy_time(source: Literal["host", "peer"], slices: Sequence[tuple[int, int]], layer_bytes: float,
-                      gpus: Sequence[int], hw: HardwareSpec) -> float:
-    """Time to copy every member's dropped layers back when nothing else uses the links.
+                      gpus: Sequence[int | Sequence[int]], hw: HardwareSpec) -> float:
+    """Time to copy every member's dropped layers back when nothing else uses the links. ``gpus``: each
+    member's GPU (or, for tensor-parallel members, its GPUs; ``layer_bytes`` is then one GPU's slice).
 
-    host: member r reads (L - n_r) layers over its own host link; GPUs behind one upstream bus share it.
-    peer: member s sends its n_s layers to each of the g-1 others over the GPU link (per-direction links)."""
+    host: every GPU of member r reads (L - n_r) layers over its own host link; GPUs behind one upstream bus
+    share it. peer: member s sends its n_s layers to each of the g-1 others over the GPU link
+    (per-direction links, rank to rank)."""
     L = slices[-1][1]
     n = [b - a for a, b in slices]
     if source == "host":
         need = [(L - k) * layer_bytes for k in n]
         per_bus: dict[int, float] = {}
-        for gpu, b in zip(gpus, need):
-            per_bus[gpu // hw.gpus_per_bus] = per_bus.get(gpu // hw.gpus_per_bus, 0.0) + b
+        for member, b in zip(gpus, need):
+            for gpu in ([member] if isinstance(member, int) else member):
+                per_bus[gpu // hw.gpus_per_bus] = per_bus.get(gpu // hw.gpus_per_bus, 0.0) + b
         t = max(max(b / hw.h2d_bytes_per_s for b in need), max(b / hw.bus_bytes_per_s for b in per_bus.values()))
         return hw.link_latency_s + t
     g = len(n)
@@ -72,24 +75,24 @@ def restore(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
         grp.pool[r] = grp.solo_pool[r]
     grp.update_capacity()
     # 2. copy the dropped layers back
-    hw, fabric, lb = grp.hw, c.fabric, grp.lb
+    hw, lb = grp.hw, grp.lb
     src = grp.params.restore_from
     if src == "auto":
         ok_host = grp.params.host_copy
-        t_host = restore_copy_time("host", grp.slices, lb, grp.gpus, hw) if ok_host else float("inf")
-        t_peer = restore_copy_time("peer", grp.slices, lb, grp.gpus, hw)
+        member_gpus = [m.gpus for m in grp.members]
+        t_host = restore_copy_time("host", grp.slices, lb, member_gpus, hw) if ok_host else float("inf")
+        t_peer = restore_copy_time("peer", grp.slices, lb, member_gpus, hw)
         src = "host" if t_host < t_peer else "peer"
     t1 = env.now
     events = []
     for r, m in enumerate(grp.members):
         if src == "host":
-            events.append(fabric.transfer(fabric.h2d_route(m.gpu), (grp.L - grp.n[r]) * lb, hw.link_latency_s,
-                                          tag="weights_restore", on_done=lambda _f, r=r: grp.held[r].update(range(grp.L))))
+            events.append(c.host_transfer(m, (grp.L - grp.n[r]) * lb, "weights_restore",
+                                          on_done=lambda _f, r=r: grp.held[r].update(range(grp.L))))
         else:
             for s, (a, b) in enumerate(grp.slices):
                 if s != r:
-                    events.append(fabric.transfer(fabric.peer_route(grp.gpus[s], m.gpu), (b - a) * lb,
-                                                  hw.gpu_link_latency_s, tag="weights_restore",
+                    events.append(c.peer_transfer(grp.members[s], m, (b - a) * lb, "weights_restore",
                                                   on_done=lambda _f, r=r, a=a, b=b: grp.held[r].update(range(a, b))))
     yield simpy.AllOf(env, events)
     c.count(f"kunserve_restore_from_{src}")
@@ -113,9 +116,8 @@ def restore(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
             for s in range(grp.g):
                 if s != h:
                     flows[(s, h)] = flows.get((s, h), 0.0) + grp.f[s] * req.blocks * grp.bb
-        events = [fabric.transfer(fabric.peer_route(grp.gpus[s], grp.gpus[h]), b, hw.gpu_link_latency_s,
-                                  tag="kv_gather") for (s, h), b in flows.items()]
-        c.count("kunserve_gather_bytes", sum(flows.values()))
+        events = [c.peer_transfer(grp.members[s], grp.members[h], b, "kv_gather") for (s, h), b in flows.items()]
+        c.count("kunserve_gather_bytes", sum(flows.values()) * len(lead.gpus))
         yield simpy.AllOf(env, events)
         for rid in picks:
             req, kind, h = grp.inflight.pop(rid)

@@ -108,7 +108,7 @@ class SelectN(SelectNAdmission):
         GPUs share a bus; the most offloaded one), or None; and the share index this GPU plans with."""
         s_loc = min(1 + sum(busy.values()), self.shares) - 1
         if self.coord is not None:
-            pick = self.coord.decide(self.ctx.gpu, cands, idle, busy)
+            pick = self.coord.decide(self.ctx.index, cands, idle, busy)
             if pick is not None:
                 return self.pos[pick.interval], s_loc
         # no coordinator, or no combination fits: what meets this GPU's budgets at its share

@@ -123,8 +123,8 @@ def bus_others(ctx: InstanceContext, shares: int) -> tuple[dict[int, IntervalCan
     idle: dict[int, IntervalCandidate] = {}
     busy: dict[int, bool] = {}
     queued: dict[int, bool] = {}
-    for o in ctx.bus.peers(ctx.gpu):
-        g, v = o.gpu, o.view
+    for o in ctx.bus.peers(ctx.index):
+        g, v = o.index, o.view
         moving = bool(v.plan.offloaded) or v.config.preemption == "swap"
         if v.in_flight():
             busy[g] = moving or o.link.uses_link_now
@@ -140,7 +140,7 @@ def bus_others(ctx: InstanceContext, shares: int) -> tuple[dict[int, IntervalCan
 
 def solo_peer(ctx: InstanceContext) -> BusMember | None:
     """A bus peer whose running requests were last planned with the bus to themselves."""
-    for o in ctx.bus.peers(ctx.gpu):
+    for o in ctx.bus.peers(ctx.index):
         if o.link.solo and o.view.in_flight():
             return o
     return None

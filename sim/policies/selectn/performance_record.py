@@ -120,8 +120,11 @@ class PerformanceRecord:
     def build(cls, model: ModelSpec, hw: HardwareSpec, cost: CostModel, engine: EngineConfig | None = None,
               batch_sizes: Sequence[int] = DEFAULT_BATCHES, seq_lens: Sequence[int] = DEFAULT_SEQS,
               slo_levels: Sequence[float] = DEFAULT_SLO_LEVELS, decode_seq_lens: Sequence[int] | None = None,
-              source: str | None = None, staging_chunks: int = 1, staging_slots: int = 2) -> "PerformanceRecord":
-        """From a cost model: every grid point timed by the iteration executor."""
+              source: str | None = None, staging_chunks: int = 1, staging_slots: int = 2,
+              link_rates: Sequence[float] | None = None) -> "PerformanceRecord":
+        """From a cost model: every grid point timed by the iteration executor. ``link_rates``: one GPU's
+        copy bandwidth when 1, 2, ... instances of its bus copy at once (default: from ``hw``, one GPU per
+        instance); a tensor-parallel instance's GPUs share their switch even alone."""
         engine = engine or EngineConfig()
         seqs = tuple(sorted(set(int(s) for s in seq_lens)))
         dseqs = tuple(sorted(set(int(s) for s in (decode_seq_lens or seq_lens))))
@@ -137,7 +140,8 @@ class PerformanceRecord:
         params = cost.params() if hasattr(cost, "params") else {}
         src = source or f"cost model {type(cost).__name__} {params}"
         rec = cls._assemble(model, hw, engine, {"prefill": (batches, seqs), "decode": (batches, dseqs)}, times,
-                            hw.h2d_bytes_per_s, hw.link_latency_s, slo_levels, src, staging_chunks, staging_slots)
+                            hw.h2d_bytes_per_s, hw.link_latency_s, slo_levels, src, staging_chunks, staging_slots,
+                            link_rates)
         rec.cost = cost
         return rec
 
@@ -161,9 +165,10 @@ class PerformanceRecord:
                   grid: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
                   times: dict[tuple[str, int, int], tuple[float, float]], h2d_rate: float, latency_s: float,
                   slo_levels: Sequence[float], source: str, staging_chunks: int = 1,
-                  staging_slots: int = 2) -> "PerformanceRecord":
+                  staging_slots: int = 2, link_rates: Sequence[float] | None = None) -> "PerformanceRecord":
         # bandwidth share m: m GPUs of one bus copy at once (processor sharing gives each at least this)
-        rates = [min(h2d_rate, hw.bus_bytes_per_s / m) for m in range(1, hw.gpus_per_bus + 1)]
+        rates = list(link_rates) if link_rates else [min(h2d_rate, hw.bus_bytes_per_s / m)
+                                                     for m in range(1, hw.gpus_per_bus + 1)]
         meta = {
             "format": FORMAT, "model": model.name, "hardware": hw.name, "source": source,
             "num_layers": model.num_layers, "layer_bytes": float(model.weight_bytes_per_layer),
@@ -347,15 +352,16 @@ _CACHE: dict[tuple, PerformanceRecord] = {}
 def record_for(model: ModelSpec, hw: HardwareSpec, cost: CostModel, engine: EngineConfig,
                batch_sizes: Sequence[int] = DEFAULT_BATCHES, seq_lens: Sequence[int] = DEFAULT_SEQS,
                slo_levels: Sequence[float] = DEFAULT_SLO_LEVELS, staging_chunks: int = 1,
-               staging_slots: int = 2) -> PerformanceRecord:
+               staging_slots: int = 2, link_rates: Sequence[float] | None = None) -> PerformanceRecord:
     """A record built from the cost model, memoised per process (policies of every run share it)."""
     key = (model, hw, _cost_key(cost), engine, tuple(batch_sizes), tuple(seq_lens), tuple(slo_levels),
-           staging_chunks, staging_slots)
+           staging_chunks, staging_slots, tuple(link_rates or ()))
     rec = _CACHE.get(key)
     if rec is None:
         if len(_CACHE) > 32:
             _CACHE.clear()
         rec = _CACHE[key] = PerformanceRecord.build(model, hw, cost, engine, batch_sizes, seq_lens, slo_levels,
-                                                    staging_chunks=staging_chunks, staging_slots=staging_slots)
+                                                    staging_chunks=staging_chunks, staging_slots=staging_slots,
+                                                    link_rates=link_rates)
     return rec
 

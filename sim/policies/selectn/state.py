@@ -59,7 +59,8 @@ class SelectNState(OffloadPolicy):
                 raise ValueError(f"selectn: record {self.record_path} stages layers in {rec.chunks} piece(s), "
                                  f"not staging_chunks={self.staging_chunks}, staging_slots={self.staging_slots}")
         else:
-            rec = record_for(m, ctx.hw, ctx.cost, ctx.engine, staging_chunks=self.staging_chunks,
+            rec = record_for(m, ctx.hw, ctx.cost, ctx.engine, link_rates=ctx.link_rates or None,
+                             staging_chunks=self.staging_chunks,
                              staging_slots=self.staging_slots)
         self.rec = rec
         self.L = L
@@ -85,13 +86,13 @@ class SelectNState(OffloadPolicy):
         self.predicted_misses = 0
         # what this GPU tells its bus peers (solo: the iteration in flight was planned with the bus to itself;
         # peers with nothing running then hold their queue back, `admit`, until this GPU plans with them again)
-        self.link = ctx.bus.link(ctx.gpu)
+        self.link = ctx.bus.link(ctx.index)
         self._promote: dict[tuple[int, int], int] = {}
         self.coord: BusCoordinator | None = None
         if self.coordinate and ctx.bus.shared:
             shares = self.shares
             self.coord = ctx.bus.service(BusCoordinator, lambda: BusCoordinator(ctx.hw.bus_bytes_per_s, shares))
-            self.coord.join(ctx.gpu)
+            self.coord.join(ctx.index)
 
     def _interval_of(self, plan: OffloadPlan) -> int:
         return plan.interval or self.L + 1
