@@ -148,7 +148,7 @@ def test_static_pruning(toy_plan) -> None:
     # 3 GPUs x 2 counts x 2 hosts x 3 strategies = 36
     assert len(kept) + len(pruned) == 36
     # 'pair' below 2 GPUs: 3 GPUs x 2 hosts
-    assert sum("needs at least 2 GPUs" in r for r in reasons.values()) == 6
+    assert sum("needs at least 2 instances" in r for r in reasons.values()) == 6
     # 'plain' keeps everything on the GPU: the 64 GiB variant duplicates the 16 GiB one (6 of them)
     assert "m|1xa10|64GiB|plain" in reasons and "same as m|1xa10|16GiB|plain" in reasons["m|1xa10|64GiB|plain"]
     assert "m|1xa10|16GiB|plain" not in reasons
@@ -403,3 +403,29 @@ def test_plan_command_writes_the_answer_and_rejects_bad_input(tiny: Path, tmp_pa
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip() == "error: bad.yaml: workload.min_requests: must be >= 1, got 0"
+
+
+def test_tensor_parallel_degrees_are_searched_and_impossible_layouts_pruned(tmp_path) -> None:
+    """With tensor_parallel [1, 2, 4] on counts [1, 2, 4]: TP 2 on 2 and 4 GPUs, TP 4 on 4; a degree larger
+    than the count is no layout at all; KunServe needs two instances (4 GPUs at TP 2); an A10 box (two GPUs
+    per switch, four per node) takes TP 4 but a model whose heads TP cannot split is pruned with the field."""
+    plan_text = TOY.replace("counts: [1, 2]", "counts: [1, 2, 4]\ntensor_parallel: [1, 2, 4]")
+    path = tmp_path / "tp.yaml"
+    path.write_text(plan_text)
+    kept, pruned = enumerate_space(load_plan(path))
+    ids = {k.id for k in kept}
+    assert "m|2xh100-sxm|tp2|16GiB|plain" in ids and "m|4xh100-sxm|tp4|16GiB|plain" in ids
+    assert not any("tp4" in k.id and k.count < 4 for k in kept)
+    reasons = {p["config"]: p["reason"] for p in pruned}
+    assert reasons["m|2xh100-sxm|tp2|16GiB|pair"] == "pair needs at least 2 instances"
+    assert "m|4xh100-sxm|tp2|16GiB|pair" in ids
+    k = next(k for k in kept if k.id == "m|4xa100-80g|tp2|16GiB|fast")
+    assert (k.tp, k.instances) == (2, 2) and k.usd_per_hour == pytest.approx(4 * 2.0 + 16 * 4 * 0.01)
+    odd = TOY.replace("model: llama-2-7b", "model: opt-6.7b").replace(
+        "counts: [1, 2]", "counts: [4]\ntensor_parallel: [4]").replace("{name: m,", "{name: m, dtype_bytes: 2,")
+    path.write_text(odd.replace("model: opt-6.7b", "model: tiny3.json"))
+    (tmp_path / "tiny3.json").write_text(
+        '{"model_type": "llama", "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 6, '
+        '"intermediate_size": 192, "num_hidden_layers": 4, "vocab_size": 100}')
+    _, pruned = enumerate_space(load_plan(path))
+    assert all("tp=4 must divide num_heads (6)" in p["reason"] for p in pruned if "tp4" in p["config"])

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from sim.config.schema import ScenarioError
+from sim.engine.memory import EngineConfig
 from sim.planner.config import LoadedPlan
 from sim.planner.evaluate import EvalTask, evaluate, probe
 from sim.planner.rate_search import RateSearch, dominated_by
@@ -94,6 +95,13 @@ class _Evaluations:
         self._f.close()
 
 
+def parallel_engine(engine: EngineConfig, c: ConfigCandidate) -> EngineConfig:
+    """The plan's engine settings with the candidate's tensor and pipeline degrees."""
+    if c.tp == engine.tensor_parallel_size and c.pp == engine.pipeline_parallel_size:
+        return engine
+    return replace(engine, tensor_parallel_size=c.tp, pipeline_parallel_size=c.pp)
+
+
 class CapacitySearch:
     """Drives the search; `run` returns a `SearchResult`."""
 
@@ -111,7 +119,7 @@ class CapacitySearch:
     def task(self, c: ConfigCandidate, rate: float, factor: float = 0.0) -> EvalTask:
         p, m = self.plan.cfg, self.plan.model_config(c.model)
         return EvalTask(c.id, self.plan.models[c.model], c.gpu, c.count, c.host_gib_per_gpu,
-                        self.strategies[c.strategy].spec(), p.engine.config(), m.ttft_s, m.tpot_s,
+                        self.strategies[c.strategy].spec(), parallel_engine(p.engine.config(), c), m.ttft_s, m.tpot_s,
                         p.search.target_attainment, rate, p.workload.duration_s, p.workload.min_requests,
                         self.plan.prompt, self.plan.output, p.seed, factor, p.burst.start_s, p.burst.duration_s)
 
@@ -188,12 +196,13 @@ class CapacitySearch:
         jobs: list[Job] = []
         for c in kept:
             model = plan.models[c.model]
-            why = self.probe_fn(model, c.gpu, c.count, c.host_gib_per_gpu, self.strategies[c.strategy].spec(),
-                                engine)
+            eng = parallel_engine(engine, c)
+            why = self.probe_fn(model, c.gpu, c.count, c.host_gib_per_gpu, self.strategies[c.strategy].spec(), eng)
             if why is not None:
                 pruned.append({**c.row(), "status": "pruned", "reason": f"cannot start: {why}"})
                 continue
-            bound = roofline_rate(model, hardware(c.gpu, c.host_gib_per_gpu, c.count), engine, c.count, mean_p, mean_o)
+            bound = roofline_rate(model.shard(c.tp, c.pp), hardware(c.gpu, c.host_gib_per_gpu, c.count), eng,
+                                  c.instances, mean_p, mean_o) / c.pp
             grid = grids[c.model]
             first = max([k for k, r in enumerate(grid) if r <= 0.5 * bound], default=0)
             jobs.append(Job(c, RateSearch(grid, first), "steady", roofline_rate=bound,

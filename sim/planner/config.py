@@ -35,6 +35,8 @@ class ModelCandidate(_Strict):
     rates_per_s: list[PositiveFloat] = Field(min_length=1, description="request rates to plan for")
     ttft_s: float = Field(gt=0)
     tpot_s: float = Field(gt=0)
+    tensor_parallel: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, min_length=1, description="tensor-parallel degrees for this model (default: the plan's)")
 
     @property
     def label(self) -> str:
@@ -47,10 +49,11 @@ class GPUCandidate(_Strict):
 
 
 class Strategy(CompareEntry):
-    """A scenario ``compare:`` entry plus the smallest GPU count it makes sense on (KunServe drops
-    replicated parameters, so it needs at least two replicas)."""
+    """A scenario ``compare:`` entry plus the smallest number of data-parallel instances (replicas) it makes
+    sense on (KunServe drops replicated parameters, so it needs at least two); an instance is one GPU, or
+    ``tp`` x ``pp`` GPUs under tensor / pipeline parallelism."""
 
-    min_gpus: int = Field(default=1, ge=1)
+    min_gpus: int = Field(default=1, ge=1, description="the fewest instances (replicas) it makes sense on")
 
 
 class PlanWorkload(_Strict):
@@ -85,6 +88,10 @@ class CapacityPlan(_Strict):
     workload: PlanWorkload
     gpus: list[GPUCandidate] = Field(min_length=1)
     counts: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    tensor_parallel: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1], min_length=1, description="tensor-parallel degrees to search")
+    pipeline_parallel: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1], min_length=1, description="pipeline-parallel degrees to search")
     host_memory_gib_per_gpu: list[PositiveFloat] = Field(min_length=1)
     host_memory_usd_per_gib_hour: float = Field(default=0.0, ge=0)
     strategies: list[Strategy] = Field(min_length=1)

@@ -16,9 +16,10 @@ import numpy as np
 
 from sim.core.batch import BatchShape
 from sim.core.hardware import HardwareSpec, get_hardware
-from sim.core.model import ModelSpec
+from sim.core.model import ModelSpec, ModelSpecError
 from sim.core.units import GiB
 from sim.cost.roofline import RooflineCostModel
+from sim.engine.cluster import check_layout
 from sim.engine.memory import EngineConfig, workspace_bytes
 from sim.planner.config import LoadedPlan, Strategy
 
@@ -33,15 +34,22 @@ class ConfigCandidate:
     host_gib_per_gpu: float
     strategy: str
     usd_per_hour: float
+    tp: int = 1  # tensor-parallel degree of each instance
+    pp: int = 1  # pipeline-parallel degree of each instance
 
     @property
     def id(self) -> str:
-        return f"{self.model}|{self.count}x{self.gpu}|{self.host_gib_per_gpu:g}GiB|{self.strategy}"
+        par = f"|tp{self.tp}" + (f"pp{self.pp}" if self.pp > 1 else "") if self.tp * self.pp > 1 else ""
+        return f"{self.model}|{self.count}x{self.gpu}{par}|{self.host_gib_per_gpu:g}GiB|{self.strategy}"
+
+    @property
+    def instances(self) -> int:
+        return self.count // (self.tp * self.pp)
 
     def row(self) -> dict[str, Any]:
         return {"config": self.id, "model": self.model, "gpu": self.gpu, "count": self.count,
-                "host_memory_gib_per_gpu": self.host_gib_per_gpu, "strategy": self.strategy,
-                "usd_per_hour": self.usd_per_hour}
+                "tp": self.tp, "pp": self.pp, "host_memory_gib_per_gpu": self.host_gib_per_gpu,
+                "strategy": self.strategy, "usd_per_hour": self.usd_per_hour}
 
 
 def uses_host_memory(s: Strategy, plan_preemption: str = "recompute") -> bool:
@@ -61,30 +69,53 @@ def hardware(gpu: str, host_gib_per_gpu: float, count: int) -> HardwareSpec:
     return get_hardware(gpu, host_memory_bytes=host_gib_per_gpu * GiB * per_node)
 
 
+def layout_problem(model: ModelSpec, gpu: str, count: int, tp: int, pp: int) -> str | None:
+    """Why ``count`` GPUs cannot run ``model`` as instances of ``tp`` x ``pp`` GPUs (None if they can)."""
+    if tp * pp > count:
+        return f"tp {tp} x pp {pp} needs more than {count} GPUs"
+    try:
+        model.check_parallel(tp, pp)
+        check_layout(get_hardware(gpu), count, tp, pp)
+    except (ModelSpecError, ValueError) as e:
+        return str(e)
+    return None
+
+
 def enumerate_space(plan: LoadedPlan) -> tuple[list[ConfigCandidate], list[dict[str, Any]]]:
     """Every candidate in a stable order, and the statically pruned ones (``row`` plus ``status``,
-    ``reason``). Kept candidates are sorted by (model, price, id) so cheap ones are searched first."""
+    ``reason``). Kept candidates are sorted by (model, price, id) so cheap ones are searched first. Each
+    GPU count is tried with every tensor/pipeline-parallel degree the model and the box allow."""
     c = plan.cfg
     kept: list[ConfigCandidate] = []
     pruned: list[dict[str, Any]] = []
     hosts = sorted(set(c.host_memory_gib_per_gpu))
     for m in c.models:
+        tps = sorted(set(m.tensor_parallel or c.tensor_parallel))
+        pps = sorted(set(c.pipeline_parallel))
         for g in c.gpus:
             for n in sorted(set(c.counts)):
-                for s in c.strategies:
-                    for h in hosts:
-                        cand = ConfigCandidate(m.label, g.gpu, n, h, s.name,
-                                         g.usd_per_hour * n + h * n * c.host_memory_usd_per_gib_hour)
-                        if n < s.min_gpus:
-                            pruned.append({**cand.row(), "status": "pruned",
-                                           "reason": f"{s.name} needs at least {s.min_gpus} GPUs"})
-                        elif h != hosts[0] and not uses_host_memory(s, c.engine.preemption):
-                            same = ConfigCandidate(m.label, g.gpu, n, hosts[0], s.name, 0.0).id
-                            pruned.append({**cand.row(), "status": "pruned",
-                                           "reason": f"{s.name} does not use host memory: same as {same}, "
-                                                     "which costs no more"})
-                        else:
-                            kept.append(cand)
+                for tp in tps:
+                    for pp in pps:
+                        bad = layout_problem(plan.models[m.label], g.gpu, n, tp, pp)
+                        if bad is not None and tp * pp > n:
+                            continue  # not a layout of this count at all: nothing to report
+                        for s in c.strategies:
+                            for h in hosts:
+                                cand = ConfigCandidate(m.label, g.gpu, n, h, s.name,
+                                                       g.usd_per_hour * n + h * n * c.host_memory_usd_per_gib_hour,
+                                                       tp, pp)
+                                if bad is not None:
+                                    pruned.append({**cand.row(), "status": "pruned", "reason": bad})
+                                elif cand.instances < s.min_gpus:
+                                    pruned.append({**cand.row(), "status": "pruned",
+                                                   "reason": f"{s.name} needs at least {s.min_gpus} instances"})
+                                elif h != hosts[0] and not uses_host_memory(s, c.engine.preemption):
+                                    same = ConfigCandidate(m.label, g.gpu, n, hosts[0], s.name, 0.0, tp, pp).id
+                                    pruned.append({**cand.row(), "status": "pruned",
+                                                   "reason": f"{s.name} does not use host memory: same as {same}, "
+                                                             "which costs no more"})
+                                else:
+                                    kept.append(cand)
     kept.sort(key=lambda x: (x.model, x.usd_per_hour, x.id))
     return kept, pruned
 

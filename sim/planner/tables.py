@@ -74,11 +74,13 @@ def cheapest_frame(res: SearchResult) -> pd.DataFrame:
         for r in sorted(m.rates_per_s):
             j = cheapest(res.jobs, m.label, r)
             row: dict[str, Any] = {"model": m.label, "rate_per_s": r, "config": None, "gpu": None, "count": None,
+                                   "tp": None, "pp": None,
                                    "host_memory_gib_per_gpu": None, "strategy": None, "usd_per_hour": None,
                                    "max_rate_per_s": None, "usd_per_million_output_tokens": None}
             if j is not None:
                 c = j.cand
-                row.update(config=c.id, gpu=c.gpu, count=c.count, host_memory_gib_per_gpu=c.host_gib_per_gpu,
+                row.update(config=c.id, gpu=c.gpu, count=c.count, tp=c.tp, pp=c.pp,
+                           host_memory_gib_per_gpu=c.host_gib_per_gpu,
                            strategy=c.strategy, usd_per_hour=c.usd_per_hour, max_rate_per_s=j.search.max_rate,
                            usd_per_million_output_tokens=usd_per_million_tokens(c.usd_per_hour, r * mean_output))
             rows.append(row)
@@ -97,7 +99,8 @@ def verdict(j: Job, target: float, peak: float, planned_peak: float, price_per_m
     s = ""
     if peak < planned_peak:
         s = f"No configuration sustains the planned peak of {planned_peak:g} req/s; the highest planned rate served is {peak:g} req/s. "
-    s += (f"{c.count}x {c.gpu} (strategy {c.strategy}, {c.host_gib_per_gpu:g} GiB host memory per GPU) sustains "
+    par = "" if c.tp * c.pp == 1 else f" as {c.instances} instance(s) of TP {c.tp}" + (f" x PP {c.pp}" if c.pp > 1 else "")
+    s += (f"{c.count}x {c.gpu}{par} (strategy {c.strategy}, {c.host_gib_per_gpu:g} GiB host memory per GPU) sustains "
           f"{j.search.max_rate:.3g} req/s at {target:.0%} SLO attainment for ${c.usd_per_hour:.2f}/h"
           + (f", ${price_per_mtok:.2f} per million output tokens at {peak:g} req/s" if price_per_mtok else "")
           + f": the cheapest configuration for {peak:g} req/s.")

@@ -59,7 +59,9 @@ class SelectNState(OffloadPolicy):
                 raise ValueError(f"selectn: record {self.record_path} stages layers in {rec.chunks} piece(s), "
                                  f"not staging_chunks={self.staging_chunks}, staging_slots={self.staging_slots}")
         else:
-            rec = record_for(m, ctx.hw, ctx.cost, ctx.engine, link_rates=ctx.link_rates or None,
+            # without the coordinator it plans as if its GPUs had their switch to themselves
+            rates = ctx.link_rates if self.coordinate else ()
+            rec = record_for(m, ctx.hw, ctx.cost, ctx.engine, link_rates=rates or None,
                              staging_chunks=self.staging_chunks,
                              staging_slots=self.staging_slots)
         self.rec = rec
