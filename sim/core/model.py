@@ -361,7 +361,7 @@ def from_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
                              f"(allowed: {', '.join(_SUPPORTED)})")
     if cfg.get("quantization_config") is not None:
         raise ModelSpecError(f"{path}: field 'quantization_config': quantized checkpoints are not supported "
-                             f"(give the full-precision config; FP8 weights: set the dtype)")
+                             f"(give the full-precision config; for FP8 weights set dtype_bytes: 1)")
     if f.model_type == "opt":
         fields = _opt_config(f)
     elif f.model_type == "qwen":
