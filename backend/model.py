@@ -1,8 +1,10 @@
 """A decoder-only transformer in plain torch with explicit weight tensors (gpt-fast style, no nn.Module).
 
 Two layer variants, chosen by ``ModelSpec.arch``:
-- ``llama``: RMSNorm, fused QKV with grouped-query heads (optional QKV bias, Qwen), rotary embeddings
-  (rotate-half convention), attention over the KV cache, gated SiLU MLP.
+- ``llama``: RMSNorm, fused QKV with grouped-query heads (optional QKV and O biases: Qwen, InternLM), rotary
+  embeddings (rotate-half convention), attention over the KV cache, gated SiLU MLP. Phi-3 and Gemma run as
+  this layer (Gemma's gated GELU as SiLU: the same shapes and kernels); layouts it does not implement
+  (Phi-2's ``phi`` arch, Gemma-2's four norms) are refused by `backend.weights.check_supported`.
 - ``opt``: LayerNorm with bias, learned positions (offset 2, as in OPT), biases everywhere, ReLU MLP.
 
 A layer is split into three functions so the profiler can time attention separately from the rest:

@@ -50,16 +50,36 @@ class Slot:
         return self.offset + self.numel
 
 
+class UnsupportedModelError(ValueError):
+    """A `ModelSpec` whose layer layout the torch backend does not implement."""
+
+
+def check_supported(spec: ModelSpec) -> None:
+    """The backend runs ``llama`` layers (optionally with Q/K/V and O biases: Qwen, InternLM) and ``opt``
+    layers; anything else raises `UnsupportedModelError` saying which field of the spec is not implemented."""
+    if spec.arch not in ("llama", "opt"):
+        raise UnsupportedModelError(f"model {spec.name}: arch {spec.arch!r} is not implemented by the torch "
+                                    f"backend (allowed: llama, opt); the simulator models it")
+    if spec.arch == "llama":
+        for field, value, allowed in (("norms_per_layer", spec.norms_per_layer, 2),
+                                      ("mlp_bias", spec.mlp_bias, False), ("layer_norm", spec.layer_norm, False),
+                                      ("lm_head_bias", spec.lm_head_bias, False)):
+            if value != allowed:
+                raise UnsupportedModelError(f"model {spec.name}: {field} = {value!r} is not implemented by the torch "
+                                            f"backend for arch 'llama' (allowed: {allowed!r})")
+
+
 class LayerLayout:
     """Names, shapes and offsets of one decoder layer's tensors inside its flat buffer.
 
     Names: ``attn_norm_w``, ``mlp_norm_w`` (+ ``attn_norm_b``, ``mlp_norm_b`` for OPT's LayerNorm),
-    ``qkv_b`` (Qwen, OPT), ``o_b``, ``up_b``, ``down_b`` (OPT), then ``wqkv`` [q+2kv, h] (Q rows, K rows,
-    V rows), ``wo`` [h, q], ``w_up`` [2I, h] for a gated MLP (gate rows then up rows) or [I, h], and
-    ``w_down`` [h, I]. The element count equals ``ModelSpec.params_per_layer`` (a test checks it).
+    ``qkv_b`` (Qwen, InternLM, OPT), ``o_b`` (InternLM, OPT), ``up_b``, ``down_b`` (OPT), then ``wqkv``
+    [q+2kv, h] (Q rows, K rows, V rows), ``wo`` [h, q], ``w_up`` [2I, h] for a gated MLP (gate rows then up
+    rows) or [I, h], and ``w_down`` [h, I]. The element count equals ``ModelSpec.params_per_layer`` (a test checks it).
     """
 
     def __init__(self, spec: ModelSpec) -> None:
+        check_supported(spec)
         h, I = spec.hidden_size, spec.intermediate_size
         opt = spec.arch == "opt"
         qkv_out = spec.q_dim + 2 * spec.kv_dim
@@ -68,8 +88,10 @@ class LayerLayout:
             shapes += [("attn_norm_b", (h,)), ("mlp_norm_b", (h,))]
         if opt or spec.qkv_bias:
             shapes.append(("qkv_b", (qkv_out,)))
+        if opt or spec.o_bias:
+            shapes.append(("o_b", (h,)))
         if opt:
-            shapes += [("o_b", (h,)), ("up_b", (I,)), ("down_b", (h,))]
+            shapes += [("up_b", (I,)), ("down_b", (h,))]
         up_rows = 2 * I if spec.gated_mlp else I
         shapes += [("wqkv", (qkv_out, h)), ("wo", (h, spec.q_dim)), ("w_up", (up_rows, h)),
                    ("w_down", (h, I))]
