@@ -15,7 +15,7 @@ from sim.core.batch import BatchShape
 from sim.core.model import ModelSpecError, get_model
 from sim.core.offload_plan import OffloadPlan
 from sim.core.request import Request, State
-from sim.cost.parallel import ParallelCost, RingCollectives
+from sim.cost.parallel import ParallelCost
 from sim.engine.cluster import Cluster, link_rates
 from sim.engine.iteration import compile_copies, run_closed_form, run_events
 from sim.engine.link import Fabric
@@ -250,11 +250,3 @@ def test_engine_invariants_with_tp_and_pp(reqs, tp, pp, instances, preemption, p
         assert inst.bm.used == 0
         assert all(a <= b for a, b in zip(inst.sched.iter_end, inst.sched.iter_end[1:]))
     assert res.hosts[0].by_kind.get("kv_swap", 0.0) == pytest.approx(0.0)
-
-
-def test_ring_collectives_by_hand():
-    ring = RingCollectives(1e10, 1e-5)
-    # 4 workers: 2 x 3 steps of 10 us and 2 x 3/4 of 8 MB at 10 GB/s
-    assert ring.all_reduce_s(8e6, 4) == pytest.approx(6e-5 + 1.5 * 8e6 / 1e10)
-    assert ring.all_reduce_s(8e6, 1) == 0.0
-    assert ring.send_recv_s(1e6) == pytest.approx(1e-5 + 1e-4)

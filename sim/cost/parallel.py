@@ -12,27 +12,20 @@ model adds the hand-offs and the gather to the fixed time.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from sim.core.batch import BatchShape
 from sim.core.hardware import HardwareSpec
 from sim.core.model import ModelSpec
 from sim.cost.base import CostModel
-
-
-class Collectives(Protocol):
-    """What a collective-cost model answers (`sim.cost.collectives`)."""
-
-    def all_reduce_s(self, nbytes: float, workers: int) -> float: ...
-
-    def send_recv_s(self, nbytes: float) -> float: ...
+from sim.cost.collectives import CollectiveModel, measured_collectives, ring_collectives
 
 
 class ParallelCost:
     """A `CostModel` for one GPU of a ``tp`` x ``pp`` instance: ``rank`` costs the GPU's slice
     (``model`` = the slice), ``collectives`` the communication."""
 
-    def __init__(self, rank: CostModel, collectives: Collectives, model: ModelSpec, tp: int, pp: int = 1,
+    def __init__(self, rank: CostModel, collectives: CollectiveModel, model: ModelSpec, tp: int, pp: int = 1,
                  full_vocab: int | None = None) -> None:
         if tp < 1 or pp < 1:
             raise ValueError(f"tp and pp must be >= 1, got {tp}, {pp}")
@@ -71,28 +64,9 @@ class ParallelCost:
         return {**inner, "tp": self.tp, "pp": self.pp, "collectives": repr(self.collectives)}
 
 
-class RingCollectives:
-    """Analytic collectives over a link of ``link_bytes_per_s`` per direction: a ring all-reduce moves
-    2(n-1)/n of the message through every GPU in 2(n-1) steps of ``latency_s`` each; a send/recv is one
-    step. For fabrics without measurements (PCIe boxes)."""
-
-    def __init__(self, link_bytes_per_s: float, latency_s: float) -> None:
-        self.bw, self.lat = link_bytes_per_s, latency_s
-
-    def all_reduce_s(self, nbytes: float, workers: int) -> float:
-        if workers <= 1:
-            return 0.0
-        n = workers
-        return 2 * (n - 1) * self.lat + 2 * (n - 1) / n * nbytes / self.bw
-
-    def send_recv_s(self, nbytes: float) -> float:
-        return self.lat + nbytes / self.bw
-
-    def __repr__(self) -> str:
-        return f"RingCollectives({self.bw:g}, {self.lat:g})"
-
-
-def collectives_for(hw: HardwareSpec) -> Collectives:
-    """The collective costs of ``hw``'s GPU fabric: its measured NCCL table when it names one, else a ring
-    over its GPU link."""
-    return RingCollectives(hw.gpu_link_bytes_per_s, hw.gpu_link_latency_s)
+def collectives_for(hw: HardwareSpec) -> CollectiveModel:
+    """The collective costs of ``hw``'s GPU fabric: its measured NCCL table (`sim.cost.collectives`) when it
+    names one, else a ring over its GPU link."""
+    if hw.collectives:
+        return measured_collectives(hw.collectives)
+    return ring_collectives(hw.gpu_link_bytes_per_s, hw.gpu_link_latency_s)
