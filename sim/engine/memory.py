@@ -35,6 +35,9 @@ class EngineConfig:
     # vLLM V0's chunked-prefill scheduler admits waiting requests in an iteration that preempted (True);
     # V1's admits none until an iteration preempts nothing (False), which damps the preemption spiral.
     admit_after_preemption: bool = True
+    # vLLM's max_model_len: a request whose prompt + output exceeds it is rejected on arrival with the reason
+    # (`Cluster`). None: no limit -- the Python API's default; scenarios set the model's context.
+    max_model_len: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
