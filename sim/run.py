@@ -123,10 +123,21 @@ def print_table(runs: dict[str, Any], not_run: list[str]) -> None:
 
 
 def _all_failed(path: Path, loaded: Any, runs: dict[str, Any]) -> str:
+    from sim.core.units import GiB
+    from sim.engine.memory import EngineConfig, workspace_bytes
+
     names = [c.name for c in loaded.sc.compare]
     errs = [(names.index(n), n, r.summary["error"]) for n, r in runs.items()]
     k, name, err = errs[0]
     if all("does not fit" in e for _, _, e in errs):
+        usable = loaded.hardware.gpu_memory_bytes * loaded.engine.gpu_memory_utilization
+        ws, ws0 = workspace_bytes(loaded.model, loaded.engine), workspace_bytes(loaded.model, EngineConfig())
+        if ws > ws0 and loaded.model.total_weight_bytes + ws0 < usable <= loaded.model.total_weight_bytes + ws:
+            # the model fits with the default engine: the engine's settings are what does not fit
+            e = loaded.engine
+            return (f"{path.name}: engine: max_num_seqs {e.max_num_seqs} and max_num_batched_tokens "
+                    f"{e.max_num_batched_tokens} need {ws / GiB:.1f} GiB of activation workspace, more than "
+                    f"{loaded.hardware.name} has beside the weights ({usable / GiB:.1f} GiB usable); lower them")
         return f"{path.name}: model: {loaded.model.name} cannot run under any compared policy ({name}: {err})"
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     return f"{path.name}: compare.{k} ({name}): could not run: {err}{more}"
@@ -168,7 +179,7 @@ def _main(argv: list[str] | None, sig: Interrupts) -> int:
     try:  # before simulating: a bad --out costs no work
         created = prepare_out_dir(out, force=args.force)
     except OutputExists as e:
-        print(str(e), file=sys.stderr)
+        print(f"{e}; use --force to replace its files, or another --out", file=sys.stderr)
         return 2
     except OutputError as e:
         print(str(e), file=sys.stderr)

@@ -55,8 +55,7 @@ def prepare_out_dir(out: Path, force: bool = False, allow: Iterable[str] = ()) -
             raise OutputError(f"{out}: cannot read the output folder: {_why(e)}") from None
         if held:
             shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-            raise OutputExists(f"{out}: output folder is not empty ({shown}); use --force to replace its files, "
-                               "or another --out")
+            raise OutputExists(f"{out}: output folder is not empty ({shown})")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".memslo-probe-", dir=out)
