@@ -91,7 +91,7 @@ def run_experiment(ex: OffloadExecutor, exp: FixedBatchExperiment, plans: list, 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m backend.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("scenario", type=Path, help="scenario YAML with fixed-batch experiments: (e.g. "
+    ap.add_argument("scenario", type=Path, help="scenario YAML with an experiments: list (e.g. "
                     "scenarios/backend_smoke.yaml)")
     ap.add_argument("--version", action="version", version=f"memslo {__version__}")
     ap.add_argument("--out", type=Path, default=None, help="default: reports/backend-<scenario>-<time>/; must be "

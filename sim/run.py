@@ -171,8 +171,10 @@ def _main(argv: list[str] | None, sig: Interrupts) -> int:
     except ScenarioError as e:
         print(str(e), file=sys.stderr)
         return 2
+    from sim.config.errors import one_line
+
     for note in loaded.notes:
-        print(f"warning: {path.name}: {note}", file=sys.stderr)
+        print(one_line(f"warning: {path.name}: {note}"), file=sys.stderr)
     from sim.output.run_folder import default_out_dir
 
     out = Path(args.out) if args.out else default_out_dir(loaded.name)
@@ -214,13 +216,14 @@ def _main(argv: list[str] | None, sig: Interrupts) -> int:
         return sig.code
     failed = [n for n, r in runs.items() if r.summary.get("error") is not None]
     if runs and not interrupted and len(failed) == len(runs):
-        print(_all_failed(path, loaded, runs), file=sys.stderr)
+        print(one_line(_all_failed(path, loaded, runs)), file=sys.stderr)
         if created:
             remove_if_empty(out)
         return 2
     for n in failed:
         k = names.index(n)
-        print(f"warning: {path.name}: compare.{k} ({n}): could not run: {runs[n].summary['error']}", file=sys.stderr)
+        print(one_line(f"warning: {path.name}: compare.{k} ({n}): could not run: {runs[n].summary['error']}"),
+              file=sys.stderr)
     return _write(args, argv, sig, loaded, runs, names, out, interrupted, wall)
 
 

@@ -1,4 +1,5 @@
-"""``python -m sim.search SCENARIO.yaml [--out DIR] [--force] [--workers N] [--ray ADDRESS]``: Select-N's offline search across workloads.
+"""``python -m sim.search SCENARIO.yaml [--out DIR] [--force] [--workers N] [--ray ADDRESS]``: Select-N's offline
+search across workloads.
 
 Sweeps static offloading intervals x workloads (Poisson arrival rates x length mixes) x SLO levels, in
 parallel on every core (`sim.pools`), and reports for each workload and SLO level the range of intervals

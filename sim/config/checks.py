@@ -54,6 +54,8 @@ def read_yaml_mapping(path: Path, kind: str = "scenario") -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = str(getattr(e, "problem", None) or e).splitlines()[0][:200]
         raise ScenarioError(f"{path.name}: not valid YAML{where}: {problem}") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits, which Python refuses to convert
+        raise ScenarioError(f"{path.name}: not valid YAML: {str(e).splitlines()[0][:120]}") from None
     except RecursionError:
         raise ScenarioError(f"{path.name}: nested too deeply to read (a {kind} is at most {MAX_DEPTH} "
                             "levels deep)") from None

@@ -15,21 +15,35 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 
+def one_line(msg: str) -> str:
+    """``msg`` with every character that could break a line or hide itself (newlines, Unicode line
+    separators, control characters) written as its escape: a message stays one line whatever it quotes."""
+    if msg.isprintable():
+        return msg
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in msg)
+
+
 class ScenarioError(ValueError):
     """A scenario that cannot be loaded; the message is one line: ``file: field.path: problem``."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(one_line(str(msg)))
 
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 48
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
-_REPR.maxlevel = 2
+_REPR.maxlevel = 1
 _REPR.maxlong = 24
 
 
 def short(value: Any) -> str:
-    """A ``repr`` of at most about 60 characters, whatever the value's size (reprlib walks only what it
-    shows, so a structure of a billion shared references costs nothing)."""
-    return _REPR.repr(value)
+    """A ``repr`` of at most 80 characters, whatever the value's size (reprlib walks only what it shows, so
+    a structure of a billion shared references costs nothing)."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr of a huge int is slow or refused
+        return f"<an integer of about {value.bit_length() * 0.30103:.0f} digits>"
+    s = _REPR.repr(value)
+    return s if len(s) <= 80 else s[:77] + "..."
 
 
 def _num(x: Any) -> str:
@@ -73,7 +87,8 @@ def describe(err: Any) -> str:
         return f"must be at least {ctx.get('min_length')} character(s)"
     if t in ("too_short", "too_long"):
         lim = ctx.get("min_length") if t == "too_short" else ctx.get("max_length")
-        return f"must have {'at least' if t == 'too_short' else 'at most'} {lim} item(s), got {ctx.get('actual_length')}"
+        most = "at least" if t == "too_short" else "at most"
+        return f"must have {most} {lim} item(s), got {ctx.get('actual_length')}"
     if t in ("list_type",):
         return f"must be a list, got {short(inp)}"
     if t in ("dict_type", "model_type", "model_attributes_type"):
@@ -117,7 +132,7 @@ TAGS = {"poisson", "gamma", "constant", "batch", "fixed", "uniform", "lognormal"
 def field_path(loc: tuple, prefix: str = "") -> str:
     """``workload.arrivals.rate_per_s`` from a pydantic location (tags dropped; keys bounded)."""
     parts = [x for x in loc if not (isinstance(x, str) and ("[" in x or x in TAGS))]
-    where = ".".join(str(x) if isinstance(x, int) else (x if len(x) <= 60 else short(x)) for x in parts)
+    where = ".".join(str(x) if isinstance(x, int) else (x if 0 < len(x) <= 60 else short(x)) for x in parts)
     return ".".join(filter(None, [prefix, where])) or "(top level)"
 
 

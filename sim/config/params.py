@@ -73,7 +73,8 @@ def check_params(factory: Callable[..., Any], params: dict[str, Any], where: str
     try:
         checked = model.model_validate(params)
     except ValidationError as e:
-        err = e.errors()[0]
+        # an unknown name or a wrong value says more than a missing parameter (often the misspelt one)
+        err = sorted(e.errors(), key=lambda x: x["type"] == "missing")[0]
         allowed = f" (allowed: {', '.join(model.model_fields) or 'none'})" if err["type"] == "extra_forbidden" else ""
         raise ValueError(f"{field_path(tuple(err['loc']), where)}: {describe(err)}{allowed}") from None
     return {k: getattr(checked, k) for k in params}

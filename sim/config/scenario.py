@@ -169,8 +169,9 @@ class LoadedScenario:
             raise self._err("hardware.profile", "calibrated profiles are not available in this build") from None
         try:
             return make_cost_model(self.model, self.hardware, p)
-        except (ValueError, KeyError, OSError) as e:
-            raise self._err("hardware.profile", str(e)) from None
+        except Exception as e:  # noqa: BLE001 -- a profile the user named that cannot be used is bad input
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise self._err("hardware.profile", msg if len(msg) <= 300 else msg[:300] + "...") from None
 
     def _length(self, cfg: Any, which: str, where: str):
         return length_dist(cfg, which, self.resolve_path, lambda msg: self._err(f"{where}.trace", msg), self.notes)

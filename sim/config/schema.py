@@ -51,7 +51,8 @@ class HardwareConfig(_Strict):
     h2d_gb_per_s: float | None = Field(default=None, gt=0, le=1e5)
     d2h_gb_per_s: float | None = Field(default=None, gt=0, le=1e5)
     bus_gb_per_s: float | None = Field(default=None, gt=0, le=1e5)
-    gpus_per_bus: int | None = Field(default=None, ge=1, le=1 << 16)
+    # a PCIe switch puts a few GPUs behind one uplink; Select-N's record is timed for each share of the bus
+    gpus_per_bus: int | None = Field(default=None, ge=1, le=16)
     link_latency_us: float | None = Field(default=None, ge=0, le=1e6)
     gpu_link_gb_per_s: float | None = Field(default=None, gt=0, le=1e5)
     host_memory_gib: float | None = Field(default=None, gt=0, le=1e8)

@@ -109,7 +109,8 @@ def read_trace(path: str | Path, on_bad_rows: Literal["error", "drop"] = "error"
         first_bad = f"row {k + 1} (line {k + 2}), {why.iloc[k]}"
         if on_bad_rows != "drop":
             more = int(bad.sum()) - 1
-            raise WorkloadError(f"{path.name}: {first_bad}" + (f" (and {more:,} more bad rows)" if more else ""))
+            raise WorkloadError(f"{path.name}: {first_bad}"
+                                + (f" (and {more:,} more bad row{'s' if more > 1 else ''})" if more else ""))
     keep = ~bad & ~failed.to_numpy()
     if not keep.any():
         raise WorkloadError(f"{path}: no usable rows" + (f" (first bad: {first_bad})" if first_bad else ""))

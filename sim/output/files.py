@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from sim.config.errors import one_line
+
 _UNSAFE = re.compile(r"[^\w.-]+")
 MARKER = "INCOMPLETE"
 
@@ -26,9 +28,15 @@ MARKER = "INCOMPLETE"
 class OutputError(OSError):
     """An output folder or file that cannot be written; the message names it and says why (exit 1)."""
 
+    def __init__(self, msg: str) -> None:
+        super().__init__(one_line(msg))
+
 
 class OutputExists(ValueError):
     """An output folder that already holds files (exit 2: use --force, or another folder)."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(one_line(msg))
 
 
 def safe_name(name: str, default: str = "run", max_length: int = 80) -> str:

@@ -35,6 +35,8 @@ class Interrupts:
 
     def __enter__(self) -> "Interrupts":
         for s in SIGNALS:
+            if s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN:
+                continue  # started with Ctrl-C ignored (a background job of a script, nohup): keep it so
             self._old[s] = signal.signal(s, self._on_signal)
         return self
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from sim import __version__
+from sim.config.errors import one_line
 from sim.config.schema import ScenarioError
 from sim.output.files import OutputError, OutputExists, prepare_out_dir, remove_if_empty, safe_name, write_atomic
 from sim.output.interrupts import Interrupts
@@ -70,8 +71,8 @@ def _progress(quiet: bool):
     def startup(done: int, total: int) -> None:
         bar.update(probe_task, completed=done, total=total)
         if done == 0 and not con.is_terminal:
-            print(f"  start-up: probing whether each of {total} configurations can start (builds Select-N "
-                  "records; a minute or more)", file=sys.stderr, flush=True)
+            print(f"  start-up: probing whether each of {total} configurations can start", file=sys.stderr,
+                  flush=True)
         line(f"  start-up: {done}/{total} configurations probed")
         if done == total:
             bar.update(task, visible=True)
@@ -123,7 +124,7 @@ def _main(argv: list[str] | None, sig: Interrupts) -> int:
         print(str(e), file=sys.stderr)
         return 2
     for note in plan.notes:
-        print(f"warning: {plan.path.name}: {note}", file=sys.stderr)
+        print(one_line(f"warning: {plan.path.name}: {note}"), file=sys.stderr)
     out = Path(args.out) if args.out else Path("reports") / f"{safe_name(plan.name, 'plan')}-plan"
     try:  # before any work: a bad --out costs nothing
         created = prepare_out_dir(out, force=args.force or args.resume)
@@ -178,7 +179,8 @@ def _main(argv: list[str] | None, sig: Interrupts) -> int:
     wall = time.perf_counter() - t0
     if res.interrupted:
         sig.received(KeyboardInterrupt())
-        print(f"{sig.word} after {summary['evaluations']} simulations: partial results written to {out} (run "
+        n = summary["evaluations"]
+        print(f"{sig.word} after {n} simulation{'' if n == 1 else 's'}: partial results written to {out} (run "
               "again with --resume to continue)", file=sys.stderr)
         return sig.code
     if not args.quiet:

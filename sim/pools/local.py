@@ -120,7 +120,11 @@ class LocalPool:
             with self:
                 yield from self.map(fn, items)
             return
-        yield from self._pool.map(fn, list(items), chunksize=self.chunksize)
+        try:
+            yield from self._pool.map(fn, list(items), chunksize=self.chunksize)
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM while waiting: the items in flight are not wanted
+            terminate_workers(self._pool)
+            raise
 
     def imap_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[int, R]]:
         if self._pool is None:
@@ -131,6 +135,9 @@ class LocalPool:
         try:
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()  # re-raises fn's exception with its own type
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM while waiting: the items in flight are not wanted
+            terminate_workers(self._pool)
+            raise
         finally:
             # the caller stopped early (break, or fn raised): don't leave the rest queued on the pool
             for fut in futures:
