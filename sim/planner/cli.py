@@ -139,8 +139,16 @@ def _main(argv: list[str] | None, sig: Interrupts) -> int:
         ex = make_executor(args.workers, args.ray)
         workers = getattr(ex, "workers", 1)  # a Ray pool connects here, so a bad address fails before work
     except RuntimeError as e:
+        if created:
+            remove_if_empty(out)
         print(str(e), file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        sig.received(e)
+        if created:
+            remove_if_empty(out)
+        print(f"{sig.word} while connecting the worker pool: nothing written", file=sys.stderr)
+        return sig.code
     bar, startup, update = _progress(args.quiet)
     t0 = time.perf_counter()
     try:
