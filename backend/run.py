@@ -16,11 +16,17 @@ both sides run the same plans. Each (experiment, plan) starts with ``--warmup`` 
 also absorb the promotions a plan change causes. A prefill repeat feeds fresh random prompts into an empty
 cache; a decode repeat feeds fresh random tokens after ``seq_len - 1`` tokens of random context (the
 context does not grow between repeats, so every repeat has the same shape).
+
+Exit codes (``cli``): 0 done, 2 bad input (one line on stderr; also ``--out`` into a non-empty folder
+without ``--force``), 1 the output folder cannot be written (checked before the model is built), 130 Ctrl-C
+and 143 SIGTERM: the (experiment, plan) pairs measured so far are written, ``provenance.json`` says
+``"interrupted": true``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -29,9 +35,12 @@ from pathlib import Path
 
 import torch
 
+from sim import __version__
 from sim.config.fixed_batch import FixedBatchExperiment, FixedBatchRow, write_rows
-from sim.config.scenario import load_experiment_file
+from sim.config.scenario import ScenarioError, load_experiment_file
 from sim.core.timeline import Timeline
+from sim.output.files import OutputError, OutputExists, prepare_out_dir, remove_if_empty, write_atomic
+from sim.output.interrupts import Interrupts
 
 from .executor import IterationRecord, OffloadExecutor
 from .kv import PaddedKVCache, StepInputs
@@ -82,8 +91,12 @@ def run_experiment(ex: OffloadExecutor, exp: FixedBatchExperiment, plans: list, 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m backend.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("scenario", type=Path)
-    ap.add_argument("--out", type=Path, default=None, help="default: reports/backend-<scenario>-<time>/")
+    ap.add_argument("scenario", type=Path, help="scenario YAML with an experiments: list (e.g. "
+                    "scenarios/backend_smoke.yaml)")
+    ap.add_argument("--version", action="version", version=f"memslo {__version__}")
+    ap.add_argument("--out", type=Path, default=None, help="default: reports/backend-<scenario>-<time>/; must be "
+                    "empty or new unless --force")
+    ap.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
     ap.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16 or fp32 (CPU default)")
     ap.add_argument("--layers", type=int, default=None, help="override the model's number of layers")
@@ -97,42 +110,82 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None, sig: Interrupts | None = None) -> Path:
+    """Run the experiments and write the folder; returns it. Raises `ScenarioError` (bad scenario),
+    `OutputExists` / `OutputError` (the folder). A KeyboardInterrupt (Ctrl-C, or SIGTERM under `cli`) stops
+    the measurements: what was measured is written, marked interrupted (nothing measured: nothing written,
+    and the KeyboardInterrupt propagates)."""
     a = parse_args(argv)
     model, exps = load_experiment_file(a.scenario)
     if a.layers is not None:
+        if not 1 <= a.layers <= 10_000:
+            raise ScenarioError(f"--layers: must be in [1, 10000], got {a.layers}")
         model = dataclasses.replace(model, num_layers=a.layers)
+    if a.repeats is not None and not 1 <= a.repeats <= 1_000_000:
+        raise ScenarioError(f"--repeats: must be in [1, 1000000], got {a.repeats}")
     device = resolve_device(a.device)
     dtype = parse_dtype(a.dtype, device)
     out = a.out or Path("reports") / f"backend-{a.scenario.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    created = prepare_out_dir(out, force=a.force)  # before the model is built: a bad --out costs nothing
     started = time.perf_counter()
-    weights = ModelWeights(model, device, dtype, seed=a.seed)
-    ex = OffloadExecutor(weights, record=True, uva_impl=a.uva_impl)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(a.seed + 1)
     tl = Timeline()
     rows: list[FixedBatchRow] = []
     skipped: list[str] = []
-    t0 = 0.0
-    for exp in exps:
-        try:
-            r, t0 = run_experiment(ex, exp, exp.expand(model), a.repeats or exp.repeats, a.warmup, gen, tl, t0)
-            rows += r
-        except torch.OutOfMemoryError:
-            skipped.append(exp.name)
-            print(f"{exp.name}: out of device memory, skipped", file=sys.stderr)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    write_rows(out / "iterations.csv", rows)
-    tl.write_chrome_trace(out / "timeline.json", process_name="memslo-backend")
+    interrupted = False
+    try:
+        weights = ModelWeights(model, device, dtype, seed=a.seed)
+        ex = OffloadExecutor(weights, record=True, uva_impl=a.uva_impl)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(a.seed + 1)
+        t0 = 0.0
+        for exp in exps:
+            try:
+                r, t0 = run_experiment(ex, exp, exp.expand(model), a.repeats or exp.repeats, a.warmup, gen, tl, t0)
+                rows += r
+            except torch.OutOfMemoryError:
+                skipped.append(exp.name)
+                print(f"{exp.name}: out of device memory, skipped", file=sys.stderr)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    except KeyboardInterrupt:
+        if not rows:
+            if created:
+                remove_if_empty(out)
+            raise
+        interrupted = True
     prov = provenance(device, weights.dtype, command_line("backend.run", argv), scenario=str(a.scenario),
                       model=model.name, num_layers=model.num_layers, layer_bytes=weights.layer_bytes, seed=a.seed,
-                      warmup=a.warmup, uva_impl=ex.uva_impl, skipped=skipped, wall_s=time.perf_counter() - started)
-    (out / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+                      warmup=a.warmup, uva_impl=ex.uva_impl, skipped=skipped, wall_s=time.perf_counter() - started,
+                      interrupted=interrupted)
+    note = f"{out}: finishing the files first (a second signal stops the writing)"
+    with sig.deferred(note) if sig is not None else contextlib.nullcontext():
+        write_atomic(out / "iterations.csv", lambda p: write_rows(p, rows))
+        write_atomic(out / "timeline.json", lambda p: tl.write_chrome_trace(p, process_name="memslo-backend"))
+        write_atomic(out / "provenance.json", json.dumps(prov, indent=2) + "\n")
+    print(f"wrote {out}" + (" (interrupted: the pairs measured so far)" if interrupted else ""), file=sys.stderr)
     return out
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m backend.run``: `main` with exit codes and SIGINT/SIGTERM handled alike."""
+    with Interrupts() as sig:
+        try:
+            main(argv, sig)
+        except ScenarioError as e:
+            print(str(e), file=sys.stderr)
+            return 2
+        except OutputExists as e:
+            print(f"{e}; use --force to replace its files, or another --out", file=sys.stderr)
+            return 2
+        except OutputError as e:
+            print(str(e), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as e:
+            sig.received(e)
+            print(f"{sig.word} before anything was measured: nothing written", file=sys.stderr)
+            return sig.code
+        return sig.code if sig.signum is not None else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -1,9 +1,12 @@
-"""``python -m sim.run SCENARIO.yaml [--out DIR] [--seed N] [--quiet] [--trace PATH] [--max-spans N]``
+"""``python -m sim.run SCENARIO.yaml [--out DIR] [--force] [--seed N] [--quiet] [--trace PATH] [--max-spans N]``
 
 Runs every policy of the scenario's ``compare:`` list on the same requests, shows progress, prints a short
-comparison table and writes the run folder (see `sim.output.run_folder`). Exit codes: 0 done (a policy that could not
-run is reported and the others still run); 2 bad input (one line on stderr: ``file: field: problem``);
-1 the output folder could not be written; 130 interrupted (Ctrl-C): what was simulated is written.
+comparison table and writes the run folder (see `sim.output.run_folder`). Exit codes: 0 done (a policy that
+could not run is reported and the others still run); 2 bad input (one line on stderr: ``file: field:
+problem``; also ``--out`` into a non-empty folder without ``--force``); 1 the output folder could not be
+written (checked before simulating); 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM): what was
+simulated is written, or ``nothing written`` if nothing was simulated yet. A signal while the folder is
+being written lets the writing finish; a second one stops it and leaves the folder marked ``INCOMPLETE``.
 """
 
 from __future__ import annotations
@@ -15,19 +18,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from sim.config.scenario import ScenarioError, load_scenario
+from sim import __version__
+from sim.output.interrupts import Interrupts
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sim.run",
                                 description="Simulate a scenario's compared policies and write a run folder.")
     p.add_argument("scenario", help="scenario YAML file (see scenarios/)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: reports/<scenario>-<time>/)")
+    p.add_argument("--version", action="version", version=f"memslo {__version__}")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: reports/<scenario>-<time>/); must be "
+                   "empty or new unless --force")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
     p.add_argument("--seed", type=int, metavar="N", help="replace the scenario's seed")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--trace", metavar="PATH", help="replace workload.trace.path (relative to the working directory)")
     p.add_argument("--max-spans", type=int, metavar="N",
                    help="timeline spans kept per policy (replaces output.timeline_max_spans)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html (faster; the rest is the same)")
     return p
 
 
@@ -115,17 +123,42 @@ def print_table(runs: dict[str, Any], not_run: list[str]) -> None:
 
 
 def _all_failed(path: Path, loaded: Any, runs: dict[str, Any]) -> str:
+    from sim.core.units import GiB
+    from sim.engine.memory import EngineConfig, workspace_bytes
+
     names = [c.name for c in loaded.sc.compare]
     errs = [(names.index(n), n, r.summary["error"]) for n, r in runs.items()]
     k, name, err = errs[0]
     if all("does not fit" in e for _, _, e in errs):
+        usable = loaded.hardware.gpu_memory_bytes * loaded.engine.gpu_memory_utilization
+        ws, ws0 = workspace_bytes(loaded.model, loaded.engine), workspace_bytes(loaded.model, EngineConfig())
+        if ws > ws0 and loaded.model.total_weight_bytes + ws0 < usable <= loaded.model.total_weight_bytes + ws:
+            # the model fits with the default engine: the engine's settings are what does not fit
+            e = loaded.engine
+            return (f"{path.name}: engine: max_num_seqs {e.max_num_seqs} and max_num_batched_tokens "
+                    f"{e.max_num_batched_tokens} need {ws / GiB:.1f} GiB of activation workspace, more than "
+                    f"{loaded.hardware.name} has beside the weights ({usable / GiB:.1f} GiB usable); lower them")
         return f"{path.name}: model: {loaded.model.name} cannot run under any compared policy ({name}: {err})"
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     return f"{path.name}: compare.{k} ({name}): could not run: {err}{more}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; returns its exit code. SIGINT and SIGTERM are handled alike while it runs."""
+    with Interrupts() as sig:
+        try:
+            return _main(argv, sig)
+        except KeyboardInterrupt as e:  # before the simulation started (loading, checking): nothing to keep
+            sig.received(e)
+            print(f"{sig.word} before the simulation started: nothing written", file=sys.stderr)
+            return sig.code
+
+
+def _main(argv: list[str] | None, sig: Interrupts) -> int:
     args = _parser().parse_args(argv)
+    from sim.config.scenario import ScenarioError, load_scenario
+    from sim.output.files import OutputError, OutputExists, prepare_out_dir, remove_if_empty
+
     path = Path(args.scenario)
     try:
         loaded = load_scenario(path, seed=args.seed, trace=args.trace)
@@ -133,15 +166,26 @@ def main(argv: list[str] | None = None) -> int:
             raise ScenarioError(f"{path.name}: workload: required by sim.run (this scenario has only experiments)")
         if len(loaded.requests) == 0:
             raise ScenarioError(f"{path.name}: workload: produces no requests")
+        if args.max_spans is not None and not 0 <= args.max_spans <= 10**9:
+            raise ScenarioError(f"--max-spans: must be in [0, 1000000000], got {args.max_spans}")
     except ScenarioError as e:
         print(str(e), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted before the simulation started: nothing written", file=sys.stderr)
-        return 130
-    if args.max_spans is not None and args.max_spans < 0:
-        print(f"--max-spans: must be >= 0, got {args.max_spans}", file=sys.stderr)
+    from sim.config.errors import one_line
+
+    for note in loaded.notes:
+        print(one_line(f"warning: {path.name}: {note}"), file=sys.stderr)
+    from sim.output.run_folder import default_out_dir
+
+    out = Path(args.out) if args.out else default_out_dir(loaded.name)
+    try:  # before simulating: a bad --out costs no work
+        created = prepare_out_dir(out, force=args.force)
+    except OutputExists as e:
+        print(f"{e}; use --force to replace its files, or another --out", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(str(e), file=sys.stderr)
+        return 1
     specs = loaded.policies()
     names = [s.label for s in specs]
     kw: dict[str, Any] = {}
@@ -161,37 +205,62 @@ def main(argv: list[str] | None = None) -> int:
                 if run.result.interrupted:
                     interrupted = True
                     break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        sig.received(e)
         interrupted = True
     wall = time.perf_counter() - t0
+    if interrupted and not runs:
+        if created:
+            remove_if_empty(out)
+        print(f"{sig.word} before any policy was simulated: nothing written", file=sys.stderr)
+        return sig.code
     failed = [n for n, r in runs.items() if r.summary.get("error") is not None]
     if runs and not interrupted and len(failed) == len(runs):
-        print(_all_failed(path, loaded, runs), file=sys.stderr)
+        print(one_line(_all_failed(path, loaded, runs)), file=sys.stderr)
+        if created:
+            remove_if_empty(out)
         return 2
     for n in failed:
         k = names.index(n)
-        print(f"warning: {path.name}: compare.{k} ({n}): could not run: {runs[n].summary['error']}", file=sys.stderr)
+        print(one_line(f"warning: {path.name}: compare.{k} ({n}): could not run: {runs[n].summary['error']}"),
+              file=sys.stderr)
+    return _write(args, argv, sig, loaded, runs, names, out, interrupted, wall)
 
-    from sim.output.run_folder import default_out_dir, write_run
+
+def _write(args: argparse.Namespace, argv: list[str] | None, sig: Interrupts, loaded: Any, runs: dict[str, Any],
+           names: list[str], out: Path, interrupted: bool, wall: float) -> int:
+    """Write the run folder (a signal now lets it finish; a second one stops it), then print the results."""
+    from sim.output.files import OutputError
+    from sim.output.run_folder import write_run
     from sim.report.verdict import verdict
 
-    lines = verdict({n: r.summary for n, r in runs.items()}, loaded.slo.ttft_s, loaded.slo.tpot_s, interrupted)
-    out = Path(args.out) if args.out else default_out_dir(loaded.name)
+    about = [loaded.overflow.sentence(len(loaded.requests))] if loaded.overflow else []
+    lines = verdict({n: r.summary for n, r in runs.items()}, loaded.slo.ttft_s, loaded.slo.tpot_s, interrupted,
+                    about)
     try:
-        write_run(out, loaded, runs, lines, interrupted=interrupted, wall_s=wall,
-                  argv=["python", "-m", "sim.run", *(argv if argv is not None else sys.argv[1:])])
-    except OSError as e:
-        print(f"{out}: cannot write the run folder: {e.strerror or e}", file=sys.stderr)
+        with sig.deferred(f"{out}: finishing the run folder first (a second signal stops the writing)"):
+            write_run(out, loaded, runs, lines, interrupted=interrupted, wall_s=wall, report=not args.no_report,
+                      argv=["python", "-m", "sim.run", *(argv if argv is not None else sys.argv[1:])])
+    except OutputError as e:
+        print(f"{e}; the files written before it are kept", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        sig.received(e)
+        print(f"{sig.word} while writing: {out} is incomplete (see {out}/INCOMPLETE)", file=sys.stderr)
+        return sig.code
     print_table(runs, [n for n in names if n not in runs])
     print()
     for line in lines:
         print(line)
     if interrupted:
-        print(f"interrupted: partial results written to {out}", file=sys.stderr)
-        return 130
-    print(f"\nwrote {out}/ (scenario.yaml, summary.json, requests.csv, timeline.json, report.html); "
-          f"simulating took {wall:.1f} s")
+        print(f"{sig.word}: partial results written to {out}", file=sys.stderr)
+        return sig.code
+    if sig.pending:  # the simulation had finished: the folder is complete
+        print(f"{sig.word} while writing: {out} was written completely first", file=sys.stderr)
+        return sig.code
+    files = "scenario.yaml, summary.json, requests.csv, timeline.json, " + \
+        ("" if args.no_report else "report.html, ") + "run_info.json"
+    print(f"\nwrote {out}/ ({files}); simulating took {wall:.1f} s")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``python -m sim.search SCENARIO.yaml [--out DIR] [--workers N] [--ray ADDRESS]``: Select-N's offline search across workloads.
+"""``python -m sim.search SCENARIO.yaml [--out DIR] [--force] [--workers N] [--ray ADDRESS]``: Select-N's offline
+search across workloads.
 
 Sweeps static offloading intervals x workloads (Poisson arrival rates x length mixes) x SLO levels, in
 parallel on every core (`sim.pools`), and reports for each workload and SLO level the range of intervals
@@ -20,6 +21,10 @@ section the sweep (every key optional)::
 
 An SLO level does not change how a static interval runs, only which requests meet it, so each (interval,
 workload) is simulated once and scored at every level.
+
+Exit codes as ``python -m sim.run``'s: 0 done, 2 bad input (one line), 1 output folder not writable (checked
+before the sweep), 130 Ctrl-C / 143 SIGTERM: the simulations finished so far are written (``search.csv``,
+``search.html``); pool workers are stopped with the command.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sim import __version__
 from sim.api import PolicySpec, simulate
 from sim.config.scenario import Length, LoadedScenario, ScenarioError, load_scenario
 from sim.core.units import GiB
@@ -147,15 +153,21 @@ def build_items(sc: LoadedScenario, cfg: SearchConfig) -> list[dict[str, Any]]:
     return items
 
 
-def search(sc: LoadedScenario, executor: SweepExecutor | None = None) -> pd.DataFrame:
+def search(sc: LoadedScenario, executor: SweepExecutor | None = None,
+           rows: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Run the sweep; ``rows`` (if given) collects the results as they come, so that a caller interrupted
+    (KeyboardInterrupt) keeps what was done."""
     cfg = _config(sc)
     items = build_items(sc, cfg)
     ex = executor or make_executor()
+    rows = [] if rows is None else rows
     if hasattr(ex, "__enter__"):
         with ex:  # type: ignore[attr-defined]
-            rows = [r for res in ex.map(run_point, items) for r in res]
+            for res in ex.map(run_point, items):
+                rows.extend(res)
     else:
-        rows = [r for res in ex.map(run_point, items) for r in res]
+        for res in ex.map(run_point, items):
+            rows.extend(res)
     df = pd.DataFrame(rows)
     df.attrs["target_attainment"] = cfg.target_attainment
     return df
@@ -217,22 +229,53 @@ def write_html(df: pd.DataFrame, path: Path, title: str, L: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; returns its exit code. SIGINT and SIGTERM are handled alike at every phase."""
+    from sim.output.interrupts import Interrupts
+
+    with Interrupts() as sig:
+        try:
+            return _main(argv, sig)
+        except KeyboardInterrupt as e:  # loading, checking, building the workloads: nothing simulated
+            sig.received(e)
+            print(f"{sig.word} before the sweep started: nothing written", file=sys.stderr)
+            return sig.code
+
+
+def _main(argv: list[str] | None, sig: Any) -> int:
+    from sim.output.files import OutputError, OutputExists, prepare_out_dir, remove_if_empty, write_atomic
+    from sim.output.run_folder import default_out_dir
+
     ap = argparse.ArgumentParser(prog="python -m sim.search", description=__doc__.split("\n\n")[0])
-    ap.add_argument("scenario")
-    ap.add_argument("--out", metavar="DIR", help="output folder (default: reports/search-<scenario>/)")
-    ap.add_argument("--workers", type=int, help="processes (default: all cores; 1 runs serially); with --ray "
+    ap.add_argument("scenario", help="scenario YAML with a search: section (see scenarios/selectn_search.yaml)")
+    ap.add_argument("--version", action="version", version=f"memslo {__version__}")
+    ap.add_argument("--out", metavar="DIR", help="output folder (default: reports/search-<scenario>-<time>/); must "
+                    "be empty or new unless --force")
+    ap.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
+    ap.add_argument("--workers", type=int, help="processes, >= 1 (default: all cores; 1 runs serially); with --ray "
                     "local: the local instance's CPUs, with a cluster: at most this many at once")
     ap.add_argument("--ray", metavar="ADDRESS", help="run the sweep on Ray: auto (a running local cluster, else a "
                     "new local instance), local (a new local instance) or a cluster address (HOST:6379, "
                     "ray://HOST:10001); needs pip install 'memslo[ray]'")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if args.workers is not None and args.workers < 1:
+        print(f"--workers: must be >= 1 (leave it out for all cores), got {args.workers}", file=sys.stderr)
+        return 2
     try:
         sc = load_scenario(args.scenario)
         cfg = _config(sc)
     except ScenarioError as e:
         print(e, file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else default_out_dir(f"search-{sc.name}")
+    try:  # before the sweep: a bad --out costs no work
+        created = prepare_out_dir(out, force=args.force)
+    except OutputExists as e:
+        print(f"{e}; use --force to replace its files, or another --out", file=sys.stderr)
+        return 2
+    except OutputError as e:
+        print(str(e), file=sys.stderr)
+        return 1
     try:
         ex = make_executor(args.workers, ray=args.ray)
         workers = ex.workers  # a Ray pool connects here, so a missing Ray or a bad address fails before the work
@@ -245,18 +288,43 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sc.name}: {len(cfg.intervals)} intervals x {loads} loads x "
           f"{len(cfg.slo_levels)} SLO levels = {n} simulations on {workers} worker(s){where}",
           file=sys.stderr)
-    df = search(sc, ex)
-    out = Path(args.out) if args.out else Path("reports") / f"search-{sc.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "search.csv", index=False)
+    rows: list[dict[str, Any]] = []
+    interrupted = False
+    try:
+        df = search(sc, ex, rows)
+    except KeyboardInterrupt as e:
+        sig.received(e)
+        interrupted = True
+        df = pd.DataFrame(rows)
+    if df.empty:
+        if created:
+            remove_if_empty(out)
+        print(f"{sig.word} before any simulation finished: nothing written", file=sys.stderr)
+        return sig.code
     L = sc.model.num_layers
-    write_html(df, out / "search.html", f"Select-N offline search: {sc.name} ({sc.model.name} on {sc.hardware.name})", L)
+    title = f"Select-N offline search: {sc.name} ({sc.model.name} on {sc.hardware.name})" + \
+        (f" -- interrupted, {len(df) // len(cfg.slo_levels)} of {n} simulations" if interrupted else "")
+    try:
+        with sig.deferred(f"{out}: finishing search.csv and search.html first (a second signal stops them)"):
+            write_atomic(out / "search.csv", lambda p: df.to_csv(p, index=False))
+            write_atomic(out / "search.html", lambda p: write_html(df, p, title, L))
+    except OutputError as e:
+        print(f"{e}; the files written before it are kept", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        sig.received(e)
+        print(f"{sig.word} while writing the results in {out}", file=sys.stderr)
+        return sig.code
     summ = summarize(df, L, cfg.target_attainment)
     with pd.option_context("display.width", 200, "display.max_colwidth", 120):
         print(summ.to_string(index=False))
     wall = time.perf_counter() - t0
+    if interrupted:
+        print(f"{sig.word} after {len(df) // len(cfg.slo_levels)} of {n} simulations: partial results written to "
+              f"{out}", file=sys.stderr)
+        return sig.code
     print(f"\nwrote {out / 'search.csv'} and {out / 'search.html'} in {wall:.1f} s")
-    return 0
+    return sig.code if sig.pending else 0
 
 
 if __name__ == "__main__":

@@ -65,3 +65,27 @@ def test_run_smoke_scenario_writes_the_simulators_outputs(tmp_path):
             assert layers[c.layer].start_s >= c.end_s - 1e-9
     prov = json.loads((out / "provenance.json").read_text())
     assert PROVENANCE <= prov.keys() and prov["device"] == "cpu" and prov["skipped"] == []
+
+
+def test_backend_run_exit_codes(tmp_path):
+    """cli(): bad scenario exit 2 (one line), a non-empty --out exit 2, an --out under a file exit 1."""
+    import contextlib
+    import io
+
+    def cli(*args):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = run.cli([str(a) for a in args])
+        return code, err.getvalue()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: llama-2-7b\nhardware: {gpu: a10}\n")
+    code, err = cli(bad, "--device", "cpu")
+    assert code == 2 and err.strip() == "bad.yaml: (top level): needs a workload (with compare) or experiments"
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "x").write_text("x")
+    code, err = cli(SMOKE, "--out", tmp_path / "o", "--device", "cpu")
+    assert code == 2 and "output folder is not empty (x); use --force" in err
+    (tmp_path / "f").write_text("x")
+    code, err = cli(SMOKE, "--out", tmp_path / "f" / "o", "--device", "cpu")
+    assert code == 1 and "cannot write the output folder: Not a directory" in err

@@ -402,7 +402,8 @@ def test_plan_command_writes_the_answer_and_rejects_bad_input(tiny: Path, tmp_pa
     r = subprocess.run([sys.executable, "-m", "sim.plan", str(bad), "--out", str(tmp_path / "b")],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: bad.yaml: workload.min_requests: must be >= 1, got 0"
+    assert r.stderr.strip() == "bad.yaml: workload.min_requests: must be >= 1, got 0"  # one line, no prefix
+
 
 
 def test_tensor_parallel_degrees_are_searched_and_impossible_layouts_pruned(tmp_path) -> None:

@@ -8,16 +8,27 @@ naming the file, the field path and what is allowed
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import yaml
 from pydantic import ValidationError
 
 from sim.api import SLO, PolicyRun, PolicySpec, simulate
+from sim.config.checks import (
+    ContextOverflow,
+    check_gpus,
+    check_requests,
+    expected_synthetic,
+    overflow_count,
+    read_yaml_mapping,
+    too_many_requests,
+    truncate_to_context,
+)
 from sim.config.fixed_batch import FixedBatchExperiment
 from sim.config.schema import (  # noqa: F401 -- re-exported: the schema's public names live here too
+    MAX_SEED,
     Arrivals,
     ClusterConfig,
     CompareEntry,
@@ -59,33 +70,20 @@ from sim.core.workload import (
     TraceWorkload,
     Uniform,
     WorkloadError,
+    WorkloadLimitError,
     read_trace,
 )
 from sim.cost.base import CostModel
 from sim.cost.roofline import RooflineCostModel
 
 
-def read_yaml_mapping(path: Path, kind: str = "scenario") -> dict[str, Any]:
-    """A YAML file's top-level mapping, safe-loaded; a missing file, broken YAML or another top level raises
-    `ScenarioError` with one line (``kind`` names the file in the message: scenario, plan)."""
-    if not path.exists():
-        raise ScenarioError(f"{path}: {kind} file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ScenarioError(f"{path.name}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{path.name}: (top level): must be a mapping of keys, got {type(data).__name__}")
-    return data
-
-
 def load_scenario(path: str | Path, seed: int | None = None, trace: str | Path | None = None) -> "LoadedScenario":
     """Parse and validate a scenario file; resolve the model, hardware, cost model and requests.
-    ``seed`` replaces the scenario's seed; ``trace`` replaces ``workload.trace.path`` (a path relative to the
-    working directory, as given on a command line)."""
+    ``seed`` replaces the scenario's seed (>= 0); ``trace`` replaces ``workload.trace.path`` (a path relative
+    to the working directory, as given on a command line)."""
     path = Path(path)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ScenarioError(f"--seed: must be in [0, 2**64 - 1], got {seed}")
     data = read_yaml_mapping(path)
     if trace is not None:
         w = data.get("workload")
@@ -112,9 +110,10 @@ def resolve_beside(file: Path, p: str) -> Path:
 
 
 def length_dist(cfg: Any, which: str, resolve: Callable[[str], Path],
-                error: Callable[[str], ScenarioError]) -> LengthDist:
+                error: Callable[[str], ScenarioError], notes: list[str] | None = None) -> LengthDist:
     """The length distribution a ``Length`` config names (``which``: prompt or output, the trace column an
-    empirical one resamples); a trace that cannot be read raises ``error(message)``."""
+    empirical one resamples); a trace that cannot be read raises ``error(message)``. Rows an empirical
+    trace dropped (``on_bad_rows: drop``) are described in ``notes``."""
     if isinstance(cfg, FixedLength):
         return Fixed(cfg.value)
     if isinstance(cfg, UniformLength):
@@ -122,11 +121,19 @@ def length_dist(cfg: Any, which: str, resolve: Callable[[str], Path],
     if isinstance(cfg, LogNormalLength):
         return LogNormal(cfg.median, cfg.sigma, cfg.min, cfg.max)
     try:
-        df = read_trace(resolve(cfg.trace))
+        df = read_trace(resolve(cfg.trace), cfg.on_bad_rows)
     except WorkloadError as e:
-        raise error(str(e)) from None
+        raise error(f"{e}" + ("; on_bad_rows: drop skips such rows" if "row " in str(e) else "")) from None
+    if df.attrs.get("dropped_rows") and notes is not None:
+        notes.append(dropped_note(df.attrs, f"{which}.trace"))
     col = "prompt_tokens" if which == "prompt" else "output_tokens"
     return Empirical(tuple(int(x) for x in df[col]))
+
+
+def dropped_note(info: dict[str, Any], where: str) -> str:
+    """The warning for rows a trace dropped (``read_trace``'s attrs)."""
+    return (f"{where}: dropped {info['dropped_rows']:,} of {info['rows']:,} trace rows that are not requests "
+            f"(on_bad_rows: drop; first: {info['first_bad']})")
 
 
 class LoadedScenario:
@@ -135,13 +142,21 @@ class LoadedScenario:
     def __init__(self, path: Path, sc: Scenario) -> None:
         self.path, self.sc = path, sc
         self.name = sc.name or path.stem
+        self.notes: list[str] = []  # warnings about the input (rows dropped), printed by the commands
+        self.input: dict[str, Any] = {}  # what was done to the input, for summary.json (empty: nothing)
+        check_gpus(path.name, sc.hardware.num_gpus, sc.limits.max_gpus)
         self.model = self._model()
         self.gpu_models = [self._model(m, f"gpu_models.{k}") for k, m in enumerate(sc.gpu_models or [])]
         self.hardware = self._hardware()
         self.cost = self._cost()
-        self.requests = self._requests() if sc.workload is not None else None
+        # the longest prompt + output the engine takes: engine.max_model_len, else the (smallest) model's context
+        self.context_tokens = sc.engine.max_model_len or min(m.max_position for m in self.gpu_models or [self.model])
+        self.overflow: ContextOverflow | None = None
+        self.requests = self._context(self._requests()) if sc.workload is not None else None
         self.slo = self._slo()
         self.engine = sc.engine.config()
+        if sc.workload is not None:  # the engine rejects what is still too long (nothing, after truncating)
+            self.engine = dataclasses.replace(self.engine, max_model_len=self.context_tokens)
 
     def _err(self, where: str, msg: str) -> ScenarioError:
         return ScenarioError(f"{self.path.name}: {where}: {msg}")
@@ -183,26 +198,36 @@ class LoadedScenario:
             raise self._err("hardware.profile", "calibrated profiles are not available in this build") from None
         try:
             return make_cost_model(model, hw, p)
-        except (ValueError, KeyError, OSError) as e:
-            raise self._err("hardware.profile", str(e)) from None
+        except Exception as e:  # noqa: BLE001 -- a profile the user named that cannot be used is bad input
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise self._err("hardware.profile", msg if len(msg) <= 300 else msg[:300] + "...") from None
 
     def _length(self, cfg: Any, which: str, where: str):
-        return length_dist(cfg, which, self.resolve_path, lambda msg: self._err(f"{where}.trace", msg))
+        return length_dist(cfg, which, self.resolve_path, lambda msg: self._err(f"{where}.trace", msg), self.notes)
 
     def _requests(self) -> RequestSet:
         w = self.sc.workload
         assert w is not None
+        limit = self.sc.limits.max_expected_requests
         try:
             if w.trace is not None:
                 t = w.trace
-                return TraceWorkload(self.resolve_path(t.path), t.window_start_s, t.window_s, t.time_scale,
-                                     t.rate_scale, w.max_requests,
-                                     tuple(TraceBurst(b.start_s, b.duration_s, b.rate_scale) for b in t.bursts)
-                                     ).generate(self.sc.seed)
+                tw = TraceWorkload(self.resolve_path(t.path), t.window_start_s, t.window_s, t.time_scale,
+                                   t.rate_scale, w.max_requests,
+                                   tuple(TraceBurst(b.start_s, b.duration_s, b.rate_scale) for b in t.bursts),
+                                   t.on_bad_rows, limit)
+                rs = tw.generate(self.sc.seed)
+                if tw.trace_info.get("dropped_rows"):
+                    self.notes.append(dropped_note(tw.trace_info, "workload.trace"))
+                    self.input["trace_rows_dropped"] = tw.trace_info["dropped_rows"]
+                return rs
+        except WorkloadLimitError as e:
+            raise too_many_requests(self.path.name, "workload.trace", e.expected, e.how, limit) from None
         except WorkloadError as e:
             hint = ("; relative paths are resolved beside the scenario file (or pass --trace PATH)"
-                    if "not found" in str(e) else "")
+                    if "not found" in str(e) else "; on_bad_rows: drop skips such rows" if "row " in str(e) else "")
             raise self._err("workload.trace.path", f"{e}{hint}") from None
+        check_requests(self.path.name, "workload", *expected_synthetic(w), limit)
         a = w.arrivals
         arr = (Poisson(a.rate_per_s) if isinstance(a, PoissonArrivals) else
                Gamma(a.rate_per_s, a.cv) if isinstance(a, GammaArrivals) else
@@ -211,6 +236,19 @@ class LoadedScenario:
                                  self._length(w.output, "output", "workload.output"), w.duration_s,
                                  [Burst(b.start_s, b.duration_s, b.rate_per_s) for b in w.bursts],
                                  w.max_requests).generate(self.sc.seed)
+
+    def _context(self, rs: RequestSet) -> RequestSet:
+        """``workload.context_overflow``: count the requests longer than the context; truncate them, or leave
+        them for the engine to reject on arrival."""
+        w = self.sc.workload
+        assert w is not None
+        n = overflow_count(rs, self.context_tokens)
+        if n:
+            self.overflow = ContextOverflow(w.context_overflow, self.context_tokens, n)
+            self.input["context_overflow"] = self.overflow.summary()
+            if w.context_overflow == "truncate":
+                rs = truncate_to_context(rs, self.context_tokens)
+        return rs
 
     def reference_latency(self) -> tuple[float, float]:
         """No-offload (all layers resident) TTFT and TPOT of the SLO reference shape, in seconds."""

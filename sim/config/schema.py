@@ -1,7 +1,11 @@
 """The scenario schema: pydantic models for every key of a scenario YAML (unknown keys rejected), and the
-translation of validation errors into one line: ``file: field.path: problem``.
+translation of validation errors into one line: ``file: field.path: problem`` (`sim.config.errors`).
 
-`sim.config.scenario` loads files against this schema and resolves them into simulator objects.
+Every number is finite (NaN and infinities are errors) and within a stated range: the bounds below are
+far beyond any real deployment, so they only stop input that would overflow, hang or exhaust memory.
+What they cannot see alone -- the total work (requests x GPUs) -- `sim.config.checks` guards, with
+``limits:`` as the override. `sim.config.scenario` loads files against this schema and resolves them into
+simulator objects.
 """
 
 from __future__ import annotations
@@ -12,39 +16,47 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sim.api import PolicySpec
+from sim.config.errors import ScenarioError, format_error, short
 from sim.config.fixed_batch import FixedBatchExperiment
+from sim.config.params import check_params
 from sim.core.hardware import HardwareSpec, get_hardware
 from sim.core.units import GiB
 from sim.engine.memory import EngineConfig
 from sim.handlers import REGISTRY as HANDLERS
 from sim.policies import REGISTRY as POLICIES
 
+__all__ = ["ScenarioError"]  # re-exported: it lives in sim.config.errors
 
-class ScenarioError(ValueError):
-    """A scenario that cannot be loaded; the message is one line: ``file: field.path: problem``."""
+# Ranges of the schema's numbers (documented in the README's scenario tour).
+MAX_TOKENS = 1 << 24  # lengths, budgets: 16.7 M tokens, beyond any model's context
+MAX_RATE_PER_S = 1e6
+MAX_TIME_S = 1e9  # durations and times: 30 years
+MAX_SEED = 2**64 - 1
+MAX_PATH = 4096  # characters of a file path or model reference
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --- hardware and engine --------------------------------------------------------------------------------
 class HardwareConfig(_Strict):
-    gpu: str
-    num_gpus: int = Field(default=1, ge=1)
-    profile: str | None = Field(default=None, description="calibrated cost-model profile (YAML)")
-    gpu_memory_gib: float | None = Field(default=None, gt=0)
-    hbm_tb_per_s: float | None = Field(default=None, gt=0)
-    peak_tflops: float | None = Field(default=None, gt=0)
-    h2d_gb_per_s: float | None = Field(default=None, gt=0)
-    d2h_gb_per_s: float | None = Field(default=None, gt=0)
-    bus_gb_per_s: float | None = Field(default=None, gt=0)
-    gpus_per_bus: int | None = Field(default=None, ge=1)
-    link_latency_us: float | None = Field(default=None, ge=0)
-    gpu_link_gb_per_s: float | None = Field(default=None, gt=0)
-    host_memory_gib: float | None = Field(default=None, gt=0)
-    gpus_per_root: int | None = Field(default=None, ge=1, description="GPUs under one root complex / socket")
-    root_gb_per_s: float | None = Field(default=None, gt=0, description="a root complex's path to host memory")
+    gpu: str = Field(max_length=100)
+    num_gpus: int = Field(default=1, ge=1, description="at most limits.max_gpus (default 1024)")
+    profile: str | None = Field(default=None, max_length=MAX_PATH, description="calibrated cost-model profile (YAML)")
+    gpu_memory_gib: float | None = Field(default=None, gt=0, le=1e5)
+    hbm_tb_per_s: float | None = Field(default=None, gt=0, le=1e4)
+    peak_tflops: float | None = Field(default=None, gt=0, le=1e7)
+    h2d_gb_per_s: float | None = Field(default=None, gt=0, le=1e5)
+    d2h_gb_per_s: float | None = Field(default=None, gt=0, le=1e5)
+    bus_gb_per_s: float | None = Field(default=None, gt=0, le=1e5)
+    # a PCIe switch puts a few GPUs behind one uplink; Select-N's record is timed for each share of the bus
+    gpus_per_bus: int | None = Field(default=None, ge=1, le=16)
+    link_latency_us: float | None = Field(default=None, ge=0, le=1e6)
+    gpu_link_gb_per_s: float | None = Field(default=None, gt=0, le=1e5)
+    host_memory_gib: float | None = Field(default=None, gt=0, le=1e8)
+    gpus_per_root: int | None = Field(default=None, ge=1, le=1024, description="GPUs under one root complex / socket")
+    root_gb_per_s: float | None = Field(default=None, gt=0, le=1e5, description="a root complex's path to host memory")
 
     def spec(self) -> HardwareSpec:
         conv = {"gpu_memory_gib": ("gpu_memory_bytes", GiB), "hbm_tb_per_s": ("hbm_bytes_per_s", 1e12),
@@ -61,17 +73,20 @@ class HardwareConfig(_Strict):
 
 
 class EngineSettings(_Strict):
-    block_size: int = Field(default=16, ge=1)
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
-    max_num_seqs: int = Field(default=256, ge=1)
+    block_size: int = Field(default=16, ge=1, le=1 << 16)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=MAX_TOKENS)
+    max_num_seqs: int = Field(default=256, ge=1, le=1 << 20)
     chunked_prefill: bool = True
     preemption: Literal["recompute", "swap"] = "recompute"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    swap_space_gib: float = Field(default=4.0, ge=0)
+    swap_space_gib: float = Field(default=4.0, ge=0, le=1e8)
     watermark: float = Field(default=0.01, ge=0, lt=1)
     admit_after_preemption: bool = True
-    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per pipeline stage of an instance")
-    pipeline_parallel_size: int = Field(default=1, ge=1, description="pipeline stages of an instance")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs per pipeline stage of an instance")
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=256, description="pipeline stages of an instance")
+    max_model_len: int | None = Field(default=None, ge=2, le=MAX_TOKENS, description=(
+        "the longest prompt + output the engine accepts (vLLM's max_model_len); default the model's context "
+        "(max_position). Above it only for a variant with a longer context (e.g. RoPE-scaled), same layers"))
 
     def config(self) -> EngineConfig:
         return EngineConfig(**self.model_dump())
@@ -80,17 +95,17 @@ class EngineSettings(_Strict):
 class EngineOverride(_Strict):
     """Per-policy engine settings: only the ones given replace the scenario's."""
 
-    block_size: int | None = Field(default=None, ge=1)
-    max_num_batched_tokens: int | None = Field(default=None, ge=1)
-    max_num_seqs: int | None = Field(default=None, ge=1)
+    block_size: int | None = Field(default=None, ge=1, le=1 << 16)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=1 << 20)
     chunked_prefill: bool | None = None
     preemption: Literal["recompute", "swap"] | None = None
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
-    swap_space_gib: float | None = Field(default=None, ge=0)
+    swap_space_gib: float | None = Field(default=None, ge=0, le=1e8)
     watermark: float | None = Field(default=None, ge=0, lt=1)
     admit_after_preemption: bool | None = None
-    tensor_parallel_size: int | None = Field(default=None, ge=1)
-    pipeline_parallel_size: int | None = Field(default=None, ge=1)
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=64)
+    pipeline_parallel_size: int | None = Field(default=None, ge=1, le=256)
 
 
 # --- SLOs -----------------------------------------------------------------------------------------------
@@ -98,16 +113,16 @@ class SLOReference(_Strict):
     """The shape whose no-offload latency relative SLOs multiply. Defaults: one request with the workload's
     median prompt; decode context = median prompt + half the median output."""
 
-    batch_size: int = Field(default=1, ge=1)
-    prompt_tokens: int | None = Field(default=None, ge=1)
-    context_tokens: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=1, ge=1, le=1 << 20)
+    prompt_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    context_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
 
 class SLOConfig(_Strict):
-    ttft_s: float | None = Field(default=None, gt=0)
-    tpot_s: float | None = Field(default=None, gt=0)
-    ttft_x: float | None = Field(default=None, gt=0, description="x no-offload TTFT of the reference shape")
-    tpot_x: float | None = Field(default=None, gt=0, description="x no-offload TPOT of the reference shape")
+    ttft_s: float | None = Field(default=None, gt=0, le=MAX_TIME_S)
+    tpot_s: float | None = Field(default=None, gt=0, le=MAX_TIME_S)
+    ttft_x: float | None = Field(default=None, gt=0, le=1e6, description="x no-offload TTFT of the reference shape")
+    tpot_x: float | None = Field(default=None, gt=0, le=1e6, description="x no-offload TPOT of the reference shape")
     reference: SLOReference = Field(default_factory=SLOReference)
 
     @model_validator(mode="after")
@@ -122,24 +137,24 @@ class SLOConfig(_Strict):
 # --- workload -------------------------------------------------------------------------------------------
 class PoissonArrivals(_Strict):
     kind: Literal["poisson"]
-    rate_per_s: float = Field(gt=0)
+    rate_per_s: float = Field(gt=0, le=MAX_RATE_PER_S)
 
 
 class GammaArrivals(_Strict):
     kind: Literal["gamma"]
-    rate_per_s: float = Field(gt=0)
-    cv: float = Field(gt=0)
+    rate_per_s: float = Field(gt=0, le=MAX_RATE_PER_S)
+    cv: float = Field(gt=0, le=100)
 
 
 class ConstantArrivals(_Strict):
     kind: Literal["constant"]
-    rate_per_s: float = Field(gt=0)
+    rate_per_s: float = Field(gt=0, le=MAX_RATE_PER_S)
 
 
 class BatchArrivals(_Strict):
     kind: Literal["batch"]
-    count: int = Field(ge=1)
-    at_s: float = Field(default=0.0, ge=0)
+    count: int = Field(ge=1, description="at most limits.max_expected_requests")
+    at_s: float = Field(default=0.0, ge=0, le=MAX_TIME_S)
 
 
 Arrivals = Annotated[Union[PoissonArrivals, GammaArrivals, ConstantArrivals, BatchArrivals],
@@ -148,13 +163,13 @@ Arrivals = Annotated[Union[PoissonArrivals, GammaArrivals, ConstantArrivals, Bat
 
 class FixedLength(_Strict):
     kind: Literal["fixed"]
-    value: int = Field(ge=1)
+    value: int = Field(ge=1, le=MAX_TOKENS)
 
 
 class UniformLength(_Strict):
     kind: Literal["uniform"]
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
+    low: int = Field(ge=1, le=MAX_TOKENS)
+    high: int = Field(ge=1, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _order(self) -> "UniformLength":
@@ -165,49 +180,65 @@ class UniformLength(_Strict):
 
 class LogNormalLength(_Strict):
     kind: Literal["lognormal"]
-    median: float = Field(gt=0)
-    sigma: float = Field(ge=0)
-    min: int = Field(default=1, ge=1)
-    max: int = Field(default=32768, ge=1)
+    median: float = Field(gt=0, le=MAX_TOKENS)
+    sigma: float = Field(ge=0, le=10)
+    min: int = Field(default=1, ge=1, le=MAX_TOKENS)
+    max: int = Field(default=32768, ge=1, le=MAX_TOKENS)
+
+    @model_validator(mode="after")
+    def _order(self) -> "LogNormalLength":
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
 
 
 class EmpiricalLength(_Strict):
     kind: Literal["empirical"]
-    trace: str = Field(description="trace CSV whose lengths are resampled (relative to the scenario file)")
+    trace: str = Field(max_length=MAX_PATH,
+                       description="trace CSV whose lengths are resampled (relative to the scenario file)")
+    on_bad_rows: Literal["error", "drop"] = Field(default="error", description="a trace row that is not a request: "
+                                                  "an error naming the row and column, or dropped with a count")
 
 
 Length = Annotated[Union[FixedLength, UniformLength, LogNormalLength, EmpiricalLength], Field(discriminator="kind")]
 
 
 class BurstConfig(_Strict):
-    start_s: float = Field(ge=0)
-    duration_s: float = Field(gt=0)
-    rate_per_s: float = Field(gt=0)
+    start_s: float = Field(ge=0, le=MAX_TIME_S)
+    duration_s: float = Field(gt=0, le=MAX_TIME_S)
+    rate_per_s: float = Field(gt=0, le=MAX_RATE_PER_S)
 
 
 class TraceBurstConfig(_Strict):
-    start_s: float = Field(ge=0, description="on the replayed (windowed, time-scaled) timeline")
-    duration_s: float = Field(gt=0)
-    rate_scale: float = Field(gt=0, description="x request count inside the burst")
+    start_s: float = Field(ge=0, le=MAX_TIME_S, description="on the replayed (windowed, time-scaled) timeline")
+    duration_s: float = Field(gt=0, le=MAX_TIME_S)
+    rate_scale: float = Field(gt=0, le=1000, description="x request count inside the burst")
 
 
 class TraceConfig(_Strict):
-    path: str
-    window_start_s: float = Field(default=0.0, ge=0)
-    window_s: float | None = Field(default=None, gt=0)
-    time_scale: float = Field(default=1.0, gt=0, description="x timestamps (0.1 compresses time 10x)")
-    rate_scale: float = Field(default=1.0, gt=0, description="x request count at unchanged timing")
-    bursts: list[TraceBurstConfig] = Field(default_factory=list)
+    path: str = Field(max_length=MAX_PATH)
+    window_start_s: float = Field(default=0.0, ge=0, le=MAX_TIME_S)
+    window_s: float | None = Field(default=None, gt=0, le=MAX_TIME_S)
+    time_scale: float = Field(default=1.0, gt=0, le=1e6, description="x timestamps (0.1 compresses time 10x)")
+    rate_scale: float = Field(default=1.0, gt=0, le=1000, description="x request count at unchanged timing")
+    bursts: list[TraceBurstConfig] = Field(default_factory=list, max_length=1000)
+    on_bad_rows: Literal["error", "drop"] = Field(default="error", description="a row that is not a request "
+                                                  "(a missing, non-numeric or non-finite cell, a token count < 1): "
+                                                  "an error naming the row and column, or dropped with a count")
 
 
 class WorkloadConfig(_Strict):
-    duration_s: float = Field(default=60.0, gt=0)
+    duration_s: float = Field(default=60.0, gt=0, le=MAX_TIME_S)
     arrivals: Arrivals | None = None
-    bursts: list[BurstConfig] = Field(default_factory=list)
+    bursts: list[BurstConfig] = Field(default_factory=list, max_length=1000)
     prompt: Length | None = None
     output: Length | None = None
     trace: TraceConfig | None = None
     max_requests: int | None = Field(default=None, ge=1)
+    context_overflow: Literal["reject", "truncate"] = Field(default="reject", description=(
+        "a request whose prompt + output exceeds the context (engine.max_model_len, default the model's): "
+        "rejected on arrival with the reason, as a server does, or truncated (the prompt cut to its last "
+        "context - output tokens; an output that alone fills the context cut to context - 1)"))
 
     @model_validator(mode="after")
     def _source(self) -> "WorkloadConfig":
@@ -220,19 +251,25 @@ class WorkloadConfig(_Strict):
 
 # --- policies and the scenario --------------------------------------------------------------------------
 class CompareEntry(_Strict):
-    name: str = Field(min_length=1)
-    policy: str = "none"
+    name: str = Field(min_length=1, max_length=100)
+    policy: str = Field(default="none", max_length=100)
     params: dict[str, Any] = Field(default_factory=dict)
     engine: EngineOverride = Field(default_factory=EngineOverride)
-    handler: str | None = None
+    handler: str | None = Field(default=None, max_length=100)
     handler_params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known(self) -> "CompareEntry":
         if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(sorted(POLICIES))}, got {self.policy!r}")
+            raise ValueError(f"policy must be one of {', '.join(sorted(POLICIES))}, got {short(self.policy)}")
         if self.handler is not None and self.handler not in HANDLERS:
-            raise ValueError(f"handler must be one of {', '.join(sorted(HANDLERS))}, got {self.handler!r}")
+            raise ValueError(f"handler must be one of {', '.join(sorted(HANDLERS))}, got {short(self.handler)}")
+        # the parameters as the factories take them: a wrong name, type or a NaN is an input error here
+        self.params = check_params(POLICIES[self.policy], self.params, "params")
+        if self.handler is not None:
+            self.handler_params = check_params(HANDLERS[self.handler], self.handler_params, "handler_params")
+        elif self.handler_params:
+            raise ValueError("handler_params given without a handler")
         return self
 
     def spec(self) -> PolicySpec:
@@ -245,27 +282,38 @@ class ClusterConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    timeline_max_spans: int = Field(default=200_000, ge=0)
-    detail_iterations: int = Field(default=20, ge=0, description="iterations per GPU recorded layer by layer")
-    sample_interval_s: float = Field(default=0.25, gt=0)
+    timeline_max_spans: int = Field(default=200_000, ge=0, le=10**9)
+    detail_iterations: int = Field(default=20, ge=0, le=10**9, description="iterations per GPU recorded layer "
+                                   "by layer")
+    sample_interval_s: float = Field(default=0.25, gt=0, le=MAX_TIME_S)
+
+
+class Limits(_Strict):
+    """Guards against a scenario that would not finish or not fit in memory (`sim.config.checks`); raise
+    them if you mean it."""
+
+    max_expected_requests: int = Field(default=1_000_000, ge=1, description="arrivals drawn or replayed: "
+                                       "rate x duration plus bursts, a batch's count, a trace window x its scales")
+    max_gpus: int = Field(default=1024, ge=1, description="hardware.num_gpus")
 
 
 class Scenario(_Strict):
-    name: str | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str = ""
-    seed: int = 0
-    model: str
-    gpu_models: list[str] | None = Field(default=None, description="one model per GPU (hardware.num_gpus "
-                                         "long); `model` is then the SLO reference")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    model: str = Field(max_length=MAX_PATH)
+    gpu_models: list[Annotated[str, Field(max_length=MAX_PATH)]] | None = Field(
+        default=None, description="one model per GPU (hardware.num_gpus long); `model` is then the SLO reference")
     hardware: HardwareConfig
     engine: EngineSettings = Field(default_factory=EngineSettings)
     slo: SLOConfig = Field(default_factory=SLOConfig)
     workload: WorkloadConfig | None = None
     compare: list[CompareEntry] = Field(default_factory=list)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    until_s: float | None = Field(default=None, gt=0, description="stop the simulation at this time")
+    until_s: float | None = Field(default=None, gt=0, le=MAX_TIME_S, description="stop the simulation at this time")
     experiments: list[FixedBatchExperiment] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    limits: Limits = Field(default_factory=Limits)
     search: dict[str, Any] | None = Field(default=None, description="sweep settings (python -m sim.search)")
 
     @model_validator(mode="after")
@@ -274,9 +322,10 @@ class Scenario(_Strict):
             raise ValueError(f"gpu_models needs one model per GPU: {len(self.gpu_models)} given for "
                              f"hardware.num_gpus = {self.hardware.num_gpus}")
         names = [c.name for c in self.compare]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        seen: set[str] = set()
+        dup = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value] -- O(n)
         if dup:
-            raise ValueError(f"compare names must be unique; repeated: {dup}")
+            raise ValueError(f"compare names must be unique; repeated: {short(dup)}")
         if self.workload is not None and not self.compare:
             raise ValueError("a workload needs at least one entry in compare")
         if self.workload is None and not self.experiments:
@@ -284,88 +333,7 @@ class Scenario(_Strict):
         return self
 
 
-# --- loading --------------------------------------------------------------------------------------------
-def _describe(err: dict) -> str:
-    """One readable phrase for a pydantic error."""
-    t, ctx, inp = err["type"], err.get("ctx", {}), err.get("input")
-
-    def num(x: Any) -> str:
-        return str(int(x)) if isinstance(x, float) and x.is_integer() else repr(x)
-
-    if t == "greater_than":
-        return f"must be > {num(ctx['gt'])}, got {num(inp)}"
-    if t == "greater_than_equal":
-        return f"must be >= {num(ctx['ge'])}, got {num(inp)}"
-    if t == "less_than_equal":
-        return f"must be <= {num(ctx['le'])}, got {num(inp)}"
-    if t == "less_than":
-        return f"must be < {num(ctx['lt'])}, got {num(inp)}"
-    if t == "missing":
-        return "required"
-    if t == "extra_forbidden":
-        return "unknown key"
-    if t == "literal_error":
-        return f"must be {ctx.get('expected')}, got {inp!r}"
-    if t == "union_tag_invalid":
-        return f"kind must be {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
-    if t == "union_tag_not_found":
-        return f"needs a 'kind' ({ctx.get('discriminator', 'kind')})"
-    if t in ("int_parsing", "int_type", "int_from_float"):
-        return f"must be an integer, got {inp!r}"
-    if t in ("float_parsing", "float_type"):
-        return f"must be a number, got {inp!r}"
-    if t in ("bool_parsing", "bool_type"):
-        return f"must be true or false, got {inp!r}"
-    if t in ("string_type",):
-        return f"must be a string, got {inp!r}"
-    if t in ("list_type",):
-        return f"must be a list, got {inp!r}"
-    if t in ("dict_type", "model_type", "model_attributes_type"):
-        return f"must be a mapping, got {inp!r}"
-    if t == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return err["msg"]
-
-
-def _models_in(ann: Any) -> list[type[BaseModel]]:
-    """The pydantic models an annotation can hold (through Optional, list, Union and Annotated)."""
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return [ann]
-    out: list[type[BaseModel]] = []
-    for a in getattr(ann, "__args__", ()) or ():
-        out += _models_in(a)
-    return out
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> str:
-    """The keys allowed where an unknown key was found (walks the model along the error location)."""
-    cur: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        fields = getattr(cur, "model_fields", {})
-        if part not in fields:
-            return ""
-        found = _models_in(fields[part].annotation)
-        cur = found[0] if found else None
-        if cur is None:
-            return ""
-    fields = getattr(cur, "model_fields", {})
-    return f" (allowed: {', '.join(fields)})" if fields else ""
-
-
 def _format(path: Path, e: ValidationError, root: type[BaseModel] | None = None) -> str:
     """One line for the first validation error: ``file: field.path: problem`` (``root``: the schema the
     file was validated against, for the allowed keys; default `Scenario`)."""
-    err = e.errors()[0]
-    # drop union/discriminator tags (e.g. 'poisson', 'function-after[...]') from the path
-    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and ("[" in x or x in _TAGS)))
-    where = ".".join(str(x) for x in loc) or "(top level)"
-    msg = _describe(err)
-    if err["type"] == "extra_forbidden":
-        msg += _allowed_keys(root or Scenario, loc)
-    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{path.name}: {where}: {msg}{more}"
-
-
-_TAGS = {"poisson", "gamma", "constant", "batch", "fixed", "uniform", "lognormal", "empirical"}
+    return format_error(path, e, root or Scenario)

@@ -177,6 +177,7 @@ def get_hardware(name: str, **overrides: Any) -> HardwareSpec:
     """A preset by name (case-insensitive), optionally with fields replaced."""
     key = name.lower()
     if key not in PRESETS:
-        raise HardwareSpecError(f"unknown GPU {name!r}: allowed are {', '.join(sorted(PRESETS))}")
+        shown = repr(name) if len(name) <= 60 else repr(name[:60]) + "..."
+        raise HardwareSpecError(f"unknown GPU {shown}: allowed are {', '.join(sorted(PRESETS))}")
     spec = PRESETS[key]
     return spec.with_overrides(**overrides) if overrides else spec

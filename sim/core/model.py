@@ -16,6 +16,17 @@ class ModelSpecError(ValueError):
     """A model name or config file that memslo cannot turn into a `ModelSpec`."""
 
 
+_MAX_SHAPE = {"num_layers": 10_000, "hidden_size": 1 << 20, "num_heads": 1 << 16, "num_kv_heads": 1 << 16,
+              "head_dim": 1 << 16, "intermediate_size": 1 << 22, "vocab_size": 1 << 24, "dtype_bytes": 8,
+              "max_position": 1 << 24, "norms_per_layer": 16}
+MAX_CONFIG_BYTES = 4 * 2**20  # a Hugging Face config.json is a few KB
+
+
+def _short(x: object, n: int = 100) -> str:
+    s = str(x)
+    return s if len(s) <= n else s[:n] + "..."
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Shape of a decoder-only transformer.
@@ -52,8 +63,12 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
                       "intermediate_size", "vocab_size", "dtype_bytes", "max_position", "norms_per_layer"):
-            if getattr(self, field) <= 0:
-                raise ModelSpecError(f"model {self.name}: {field} must be > 0, got {getattr(self, field)}")
+            v = getattr(self, field)
+            # bounded far beyond any real model: per-layer tables and plans are sized by these
+            if not 0 < v <= _MAX_SHAPE[field]:
+                got = v if abs(v) < 10**30 else f"a number of {len(str(abs(int(v))))} digits"
+                raise ModelSpecError(f"model {self.name[:100]}: {field} must be in [1, {_MAX_SHAPE[field]:,}], "
+                                     f"got {got}")
         if self.num_heads % self.num_kv_heads:
             raise ModelSpecError(
                 f"model {self.name}: num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
@@ -377,14 +392,19 @@ def from_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
     or a quantized checkpoint raises `ModelSpecError` naming the file and the field."""
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ModelSpecError(f"{path}: over {MAX_CONFIG_BYTES // 2**20} MiB; not a model config.json")
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelSpecError(f"{path}: model config file not found") from None
     except json.JSONDecodeError as e:
         raise ModelSpecError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise ModelSpecError(f"{path}: cannot read the model config: {_short(getattr(e, 'strerror', None) or e)}") \
+            from None
     if not isinstance(cfg, dict):
-        raise ModelSpecError(f"{path}: a model config must be a JSON object")
-    f = _Fields(cfg, path, str(cfg.get("model_type", "llama")).lower())
+        raise ModelSpecError(f"{path}: a model config.json holds a JSON object, got {type(cfg).__name__}")
+    f = _Fields(cfg, path, _short(cfg.get("model_type", "llama"), 40).lower())
     _refuse_moe(f)
     if f.model_type not in _SUPPORTED and f.model_type not in _LLAMA_FAMILY:
         raise ModelSpecError(f"{path}: model_type {f.model_type!r} is not supported "
@@ -400,7 +420,7 @@ def from_hf_config(path: str | Path, name: str | None = None) -> ModelSpec:
         fields = _phi(f)
     else:
         fields = _llama_family(f)
-    name = name or str(cfg.get("_name_or_path") or path.parent.name or path.stem)
+    name = name or _short(cfg.get("_name_or_path") or path.parent.name or path.stem)
     try:
         return ModelSpec(name=name, dtype_bytes=f.dtype_bytes(), **fields)
     except ModelSpecError as e:
@@ -418,5 +438,5 @@ def get_model(name_or_path: str | Path) -> ModelSpec:
     if p.suffix == ".json" or p.exists():
         return from_hf_config(p)
     raise ModelSpecError(
-        f"unknown model {name_or_path!r}: allowed are the presets {', '.join(sorted(PRESETS))} "
+        f"unknown model {_short(repr(str(name_or_path)))}: allowed are the presets {', '.join(sorted(PRESETS))} "
         f"or a path to a Hugging Face config.json")

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import pandas as pd
 
 from sim.core.request import Request
-
-
-class WorkloadError(ValueError):
-    """A trace or distribution that cannot produce requests."""
+from sim.core.trace import TRACE_LAYOUTS, WorkloadError, read_trace  # noqa: F401 -- re-exported
 
 
 @dataclass
@@ -31,10 +28,16 @@ class RequestSet:
 
     def __post_init__(self) -> None:
         self.arrival_s = np.asarray(self.arrival_s, dtype=float)
-        self.prompt_tokens = np.maximum(np.asarray(self.prompt_tokens, dtype=np.int64), 1)
-        self.output_tokens = np.maximum(np.asarray(self.output_tokens, dtype=np.int64), 1)
+        self.prompt_tokens = np.asarray(self.prompt_tokens, dtype=np.int64)
+        self.output_tokens = np.asarray(self.output_tokens, dtype=np.int64)
         if not (len(self.arrival_s) == len(self.prompt_tokens) == len(self.output_tokens)):
             raise WorkloadError("arrival, prompt and output arrays differ in length")
+        # nothing is clipped: a request has at least one prompt and one output token, at a finite time
+        if len(self) and (self.prompt_tokens.min() < 1 or self.output_tokens.min() < 1):
+            raise WorkloadError(f"token counts must be >= 1, got prompt {int(self.prompt_tokens.min())} and "
+                                f"output {int(self.output_tokens.min())} at the lowest")
+        if len(self) and not np.isfinite(self.arrival_s).all():
+            raise WorkloadError("arrival times must be finite")
         order = np.argsort(self.arrival_s, kind="stable")
         self.arrival_s = self.arrival_s[order]
         self.prompt_tokens = self.prompt_tokens[order]
@@ -203,51 +206,7 @@ class SyntheticWorkload:
         return RequestSet(t, self.prompt.sample(lrng, n), self.output.sample(lrng, n))
 
 
-# --- traces ---------------------------------------------------------------------------------------------
-TRACE_LAYOUTS = {
-    "azure": ("arrived_at", "num_prefill_tokens", "num_decode_tokens"),
-    "azure-original": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
-    "burstgpt": ("Timestamp", "Request tokens", "Response tokens"),
-}
-
-
-def read_trace(path: str | Path) -> pd.DataFrame:
-    """Read a trace CSV in any of the supported layouts into ``arrival_s, prompt_tokens, output_tokens``
-    (arrival times relative to the first request, sorted). BurstGPT rows with zero response tokens
-    (failed requests) are dropped."""
-    path = Path(path)
-    if not path.exists():
-        raise WorkloadError(f"{path}: trace file not found")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise WorkloadError(f"{path}: not a readable CSV ({e})") from None
-    for layout, (tcol, pcol, ocol) in TRACE_LAYOUTS.items():
-        if {tcol, pcol, ocol} <= set(df.columns):
-            break
-    else:
-        raise WorkloadError(
-            f"{path}: unknown trace layout (columns {list(df.columns)[:6]}); expected one of "
-            + "; ".join(f"{k}: {','.join(v)}" for k, v in TRACE_LAYOUTS.items()))
-    if layout == "azure-original":
-        ts = pd.to_datetime(df[tcol], format="mixed")
-        t = (ts - ts.min()).dt.total_seconds().to_numpy()
-    else:
-        t = pd.to_numeric(df[tcol], errors="coerce").to_numpy(dtype=float)
-    out = pd.DataFrame({"arrival_s": t, "prompt_tokens": pd.to_numeric(df[pcol], errors="coerce"),
-                        "output_tokens": pd.to_numeric(df[ocol], errors="coerce")})
-    if layout == "burstgpt":
-        out = out[out.output_tokens > 0]
-    bad = out.isna().any(axis=1)
-    if bad.all():
-        raise WorkloadError(f"{path}: no usable rows")
-    out = out[~bad].sort_values("arrival_s", kind="stable").reset_index(drop=True)
-    out["arrival_s"] -= out["arrival_s"].iloc[0]
-    out["prompt_tokens"] = out["prompt_tokens"].clip(lower=1).astype(np.int64)
-    out["output_tokens"] = out["output_tokens"].clip(lower=1).astype(np.int64)
-    return out
-
-
+# --- traces (reading and checking them: sim.core.trace) ------------------------------------------------
 @dataclass(frozen=True)
 class TraceBurst:
     """Extra load on a replayed trace: ``rate_scale`` x the requests arriving in [start_s, start_s +
@@ -272,11 +231,15 @@ class TraceWorkload:
     rate_scale: float = 1.0
     max_requests: int | None = None
     bursts: tuple[TraceBurst, ...] = ()
+    on_bad_rows: Literal["error", "drop"] = "error"  # see `read_trace`
+    max_expected_requests: int | None = None  # refuse (WorkloadLimitError) to replicate the window beyond this
+    trace_info: dict = field(default_factory=dict, init=False)  # read_trace's counts, after `generate`
 
     def generate(self, seed: int) -> RequestSet:
         if self.time_scale <= 0 or self.rate_scale <= 0:
             raise WorkloadError("time_scale and rate_scale must be > 0")
-        df = read_trace(self.path)
+        df = read_trace(self.path, self.on_bad_rows)
+        self.trace_info = dict(df.attrs)
         t = df.arrival_s.to_numpy()
         keep = t >= self.window_start_s
         if self.window_s is not None:
@@ -284,6 +247,13 @@ class TraceWorkload:
         df = df[keep]
         t = (df.arrival_s.to_numpy() - self.window_start_s) * self.time_scale
         p, o = df.prompt_tokens.to_numpy(), df.output_tokens.to_numpy()
+        if self.max_expected_requests is not None:
+            scale = np.full(len(t), self.rate_scale)
+            for b in self.bursts:
+                scale *= np.where((t >= b.start_s) & (t < b.start_s + b.duration_s), b.rate_scale, 1.0)
+            expected = float(scale.sum())
+            if expected > self.max_expected_requests:
+                raise WorkloadLimitError(expected, f"{len(t):,} trace rows in the window x rate_scale and bursts")
         if self.rate_scale != 1.0:
             t, p, o = _replicate(t, p, o, np.full(len(t), self.rate_scale), np.random.default_rng([seed, 3]))
         for k, b in enumerate(self.bursts):
@@ -296,6 +266,14 @@ class TraceWorkload:
             rs = RequestSet(rs.arrival_s[: self.max_requests], rs.prompt_tokens[: self.max_requests],
                             rs.output_tokens[: self.max_requests])
         return rs
+
+
+class WorkloadLimitError(WorkloadError):
+    """A workload that would be larger than allowed: ``expected`` requests, made as ``how`` says."""
+
+    def __init__(self, expected: float, how: str) -> None:
+        super().__init__(f"about {expected:,.0f} requests ({how})")
+        self.expected, self.how = expected, how
 
 
 def _replicate(t: np.ndarray, p: np.ndarray, o: np.ndarray, scale: np.ndarray,

@@ -255,10 +255,18 @@ class Cluster:
     # --- the run ----------------------------------------------------------------------------------------
     def _arrivals(self, requests: list[Request]) -> Generator[simpy.Event, object, None]:
         env = self.env
+        limit = self.engine.max_model_len
         for req in requests:
             if req.arrival_s > env.now:
                 yield env.timeout(_delay_to(env.now, req.arrival_s))
-            self.route(req).enqueue(req)
+            unit = self.route(req)
+            if limit is not None and req.prompt_tokens + req.output_tokens > limit:
+                # the serving engine's front end refuses it (vLLM: "maximum context length is ... tokens"),
+                # whatever the unit: it is never queued, so no path can serve it
+                self.instances[unit.gpu].refuse(req, f"prompt + output ({req.prompt_tokens}+{req.output_tokens} "
+                                                f"tokens) exceed the context of {limit} tokens (max_model_len)")
+                continue
+            unit.enqueue(req)
         for inst in self.instances:
             inst.close()
 

@@ -189,6 +189,12 @@ class Instance(HandlerHooks, InstanceObservation):
         self.sched.add(req)
         self.wake()
 
+    def refuse(self, req: Request, reason: str) -> None:
+        """Reject a request on arrival, before any queue (e.g. longer than the model's context)."""
+        req.instance = self.gpu
+        req.reject(reason, self.env.now)
+        self._on_done(req)
+
     def wake(self) -> None:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()

@@ -39,6 +39,9 @@ class EngineConfig:
     # memory layout, KV pool and plans are those of one GPU's slice of the model (`ModelSpec.shard`)
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    # vLLM's max_model_len: a request whose prompt + output exceeds it is rejected on arrival with the reason
+    # (`Cluster`). None: no limit -- the Python API's default; scenarios set the model's context.
+    max_model_len: int | None = None
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1 or self.pipeline_parallel_size < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from typing import Any
 
@@ -36,6 +37,15 @@ def requests_frame(result: RunResult) -> pd.DataFrame:
 def series_frame(result: RunResult) -> pd.DataFrame:
     rows = [s for inst in result.instances for s in inst.samples]
     return pd.DataFrame(rows, columns=list(SAMPLE_FIELDS))
+
+
+_NUMBER = re.compile(r"(?<![\w-])\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?(?!\w)")  # not inside a name
+
+
+def reason_kind(reason: str) -> str:
+    """A rejection reason with its numbers replaced by N: the key that counts alike rejections together
+    (``TTFT SLO N s: first token predicted N s after arrival ...``); requests.csv keeps the full reason."""
+    return _NUMBER.sub("N", reason)
 
 
 def _pcts(x: pd.Series) -> dict[str, float | None]:
@@ -93,7 +103,7 @@ def summarize(result: RunResult, df: pd.DataFrame | None = None) -> dict[str, An
         "iterations": int(sum(i.iterations for i in result.instances)),
         "plan_changes": int(sum(i.plan_changes for i in result.instances)),
         "output_tokens": out_tokens,
-        "reject_reasons": dict(Counter(df.reject_reason[df.state == "rejected"])),
+        "reject_reasons": dict(Counter(map(reason_kind, df.reject_reason[df.state == "rejected"]))),
         "simulated_s": result.simulated_s,
         "wall_s": result.wall_s,
         "interrupted": result.interrupted,

@@ -7,6 +7,11 @@
     report.html     the plotly report (self-contained)
     run_info.json   what is not reproducible: wall-clock times, start time, command line, versions
 
+Every file is written whole or not at all (`sim.output.files.write_atomic`), ``run_info.json`` last; while
+the folder is being written it holds an ``INCOMPLETE`` file, which stays (naming what is missing) if the
+writing stops early. ``summary.json`` has an ``input`` key only when something was done to the input:
+``trace_rows_dropped`` (``on_bad_rows: drop``), ``context_overflow`` (requests longer than the context).
+
 ``summary.json`` keeps the ``wall_s`` key of the contract but sets it to null: wall-clock time differs
 from run to run, so it lives in ``run_info.json`` and the summary stays byte-identical for a given seed.
 """
@@ -27,12 +32,13 @@ import pandas as pd
 import yaml
 
 from sim.output.chrome_trace import standard_tracks, write_merged_chrome_trace
+from sim.output.files import IncompleteMarker, safe_name, write_atomic
 
 if TYPE_CHECKING:
     from sim.api import PolicyRun
     from sim.config.scenario import LoadedScenario
 
-FILES = ("scenario.yaml", "summary.json", "requests.csv", "timeline.json", "report.html")
+FILES = ("scenario.yaml", "summary.json", "requests.csv", "timeline.json", "report.html", "run_info.json")
 
 
 def clean(obj: Any) -> Any:
@@ -65,7 +71,8 @@ def policy_metrics(run: "PolicyRun") -> dict[str, Any]:
 def build_summary(loaded: "LoadedScenario", runs: dict[str, "PolicyRun"], verdict: list[str],
                   interrupted: bool = False) -> dict[str, Any]:
     pols = {name: policy_metrics(r) for name, r in runs.items()}
-    return {
+    extra = {"input": loaded.input} if getattr(loaded, "input", None) else {}
+    return {**extra,
         "scenario": loaded.name,
         "seed": loaded.sc.seed,
         "wall_s": None,  # wall-clock time is in run_info.json, so that this file is reproducible
@@ -101,9 +108,10 @@ class RunFolder:
 
 
 def default_out_dir(name: str, root: str | Path = "reports", now: datetime | None = None) -> Path:
-    """``reports/<scenario>-<YYYYmmdd-HHMMSS>``, with a suffix if that folder exists already."""
+    """``reports/<scenario>-<YYYYmmdd-HHMMSS>``, with a suffix if that folder exists already; the name made
+    safe (`safe_name`: one folder, under ``root``)."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{name}-{stamp}"
+    base = Path(root) / f"{safe_name(name, 'scenario')}-{stamp}"
     out, k = base, 2
     while out.exists():
         out, k = base.with_name(f"{base.name}-{k}"), k + 1
@@ -113,21 +121,38 @@ def default_out_dir(name: str, root: str | Path = "reports", now: datetime | Non
 def write_run(out: str | Path, loaded: "LoadedScenario", runs: dict[str, "PolicyRun"], verdict: list[str], *,
               interrupted: bool = False, wall_s: float = 0.0, argv: list[str] | None = None,
               report: bool = True) -> RunFolder:
-    """Write every output of a run (whatever ``runs`` holds, also after an interruption)."""
+    """Write every output of a run (whatever ``runs`` holds, also after an interruption): each file whole
+    (`write_atomic`), the most useful first, ``run_info.json`` last, under an ``INCOMPLETE`` marker that is
+    removed at the end. A file that cannot be written raises `sim.output.files.OutputError` naming it; the
+    files written before it stay."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scenario.yaml").write_text(resolved_yaml(loaded))
-    summary = build_summary(loaded, runs, verdict, interrupted)
-    (out / "summary.json").write_text(summary_bytes(summary))
-    requests_table(runs).to_csv(out / "requests.csv", index=False, lineterminator="\n")
-    hw = loaded.hardware
-    tracks = standard_tracks(loaded.sc.hardware.num_gpus, hw.gpus_per_bus)
-    trace_info = write_merged_chrome_trace(out / "timeline.json", {n: r.result.timeline for n, r in runs.items()},
-                                           tracks)
-    if report:
-        from sim.report import ReportData, write_report
+    names = [f for f in FILES if report or f != "report.html"]
+    marker = IncompleteMarker(out, names)
+    try:
+        summary = build_summary(loaded, runs, verdict, interrupted)
+        write_atomic(out / "summary.json", summary_bytes(summary))
+        marker.wrote("summary.json")
+        write_atomic(out / "requests.csv",
+                     lambda p: requests_table(runs).to_csv(p, index=False, lineterminator="\n"))
+        marker.wrote("requests.csv")
+        write_atomic(out / "scenario.yaml", resolved_yaml(loaded))
+        marker.wrote("scenario.yaml")
+        hw = loaded.hardware
+        tracks = standard_tracks(loaded.sc.hardware.num_gpus, hw.gpus_per_bus)
+        trace_info: dict[str, Any] = {}
+        write_atomic(out / "timeline.json", lambda p: trace_info.update(write_merged_chrome_trace(
+            p, {n: r.result.timeline for n, r in runs.items()}, tracks)))
+        marker.wrote("timeline.json")
+        if report:
+            from sim.report import ReportData, write_report
 
-        write_report(out / "report.html", ReportData.from_scenario(loaded, runs, verdict, interrupted))
+            data = ReportData.from_scenario(loaded, runs, verdict, interrupted)
+            write_atomic(out / "report.html", lambda p: write_report(p, data))
+            marker.wrote("report.html")
+    except BaseException as e:
+        marker.stopped("writing stopped: " + (str(e) if isinstance(e, OSError) else "interrupted"))
+        raise
     info = {
         "wall_s": wall_s,
         "policies_wall_s": {n: r.result.wall_s for n, r in runs.items()},
@@ -138,7 +163,12 @@ def write_run(out: str | Path, loaded: "LoadedScenario", runs: dict[str, "Policy
         "platform": platform.platform(),
         "timeline": trace_info,
     }
-    (out / "run_info.json").write_text(json.dumps(clean(info), indent=2) + "\n")
+    try:
+        write_atomic(out / "run_info.json", json.dumps(clean(info), indent=2) + "\n")
+    except BaseException as e:
+        marker.stopped("writing stopped: " + (str(e) if isinstance(e, OSError) else "interrupted"))
+        raise
+    marker.done()
     return RunFolder(out, summary, trace_info)
 
 

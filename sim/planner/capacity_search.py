@@ -27,6 +27,7 @@ from sim.pools.local import SerialPool, SweepExecutor
 
 EvaluateFn = Callable[[EvalTask], dict[str, Any]]
 ProgressFn = Callable[[int, int, int], None]  # (evaluations done, failed, estimated total)
+StartupFn = Callable[[int, int], None]  # (configurations probed, to probe) during the start-up
 
 
 class SweepInterrupted(Exception):
@@ -65,6 +66,8 @@ class SearchResult:
     bursts: dict[str, Job]  # model -> the chosen configuration's burst search
     evaluations: list[dict[str, Any]]
     interrupted: bool = False
+    started: bool = True  # False: interrupted during the start-up (probing), before any simulation
+    probed: tuple[int, int] = (0, 0)  # configurations probed, of how many
 
 
 class _Evaluations:
@@ -107,11 +110,12 @@ class CapacitySearch:
 
     def __init__(self, plan: LoadedPlan, out: Path, executor: SweepExecutor | None = None,
                  evaluate_fn: EvaluateFn = evaluate, resume: bool = False, max_new: int | None = None,
-                 progress: ProgressFn | None = None, probe_fn: Callable[..., str | None] = probe) -> None:
+                 progress: ProgressFn | None = None, probe_fn: Callable[..., str | None] = probe,
+                 startup: StartupFn | None = None) -> None:
         self.plan, self.out = plan, out
         self.ex = executor or SerialPool()
         self.evaluate_fn, self.probe_fn = evaluate_fn, probe_fn
-        self.resume, self.max_new, self.progress = resume, max_new, progress
+        self.resume, self.max_new, self.progress, self.startup = resume, max_new, progress, startup
         self.strategies = {s.name: s for s in plan.cfg.strategies}
         self.done = self.failed = self.new = 0
 
@@ -194,19 +198,29 @@ class CapacitySearch:
         engine = cfg.engine.config()
         grids = {m.label: rate_grid(plan, m.label) for m in cfg.models}
         jobs: list[Job] = []
-        for c in kept:
-            model = plan.models[c.model]
-            eng = parallel_engine(engine, c)
-            why = self.probe_fn(model, c.gpu, c.count, c.host_gib_per_gpu, self.strategies[c.strategy].spec(), eng)
-            if why is not None:
-                pruned.append({**c.row(), "status": "pruned", "reason": f"cannot start: {why}"})
-                continue
-            bound = roofline_rate(model.shard(c.tp, c.pp), hardware(c.gpu, c.host_gib_per_gpu, c.count), eng,
-                                  c.instances, mean_p, mean_o) / c.pp
-            grid = grids[c.model]
-            first = max([k for k, r in enumerate(grid) if r <= 0.5 * bound], default=0)
-            jobs.append(Job(c, RateSearch(grid, first), "steady", roofline_rate=bound,
-                            rank=list(self.strategies).index(c.strategy)))
+        probed = 0
+        try:  # the start-up: can each configuration start at all (builds records; minutes on a loaded machine)
+            for k, c in enumerate(kept):
+                if self.startup is not None:
+                    self.startup(k, len(kept))
+                model = plan.models[c.model]
+                eng = parallel_engine(engine, c)
+                why = self.probe_fn(model, c.gpu, c.count, c.host_gib_per_gpu, self.strategies[c.strategy].spec(),
+                                    eng)
+                probed += 1
+                if why is not None:
+                    pruned.append({**c.row(), "status": "pruned", "reason": f"cannot start: {why}"})
+                    continue
+                bound = roofline_rate(model.shard(c.tp, c.pp), hardware(c.gpu, c.host_gib_per_gpu, c.count), eng,
+                                      c.instances, mean_p, mean_o) / c.pp
+                grid = grids[c.model]
+                first = max([k for k, r in enumerate(grid) if r <= 0.5 * bound], default=0)
+                jobs.append(Job(c, RateSearch(grid, first), "steady", roofline_rate=bound,
+                                rank=list(self.strategies).index(c.strategy)))
+        except KeyboardInterrupt:  # nothing simulated yet: nothing to write
+            return SearchResult(plan, [], pruned, {}, [], interrupted=True, started=False, probed=(probed, len(kept)))
+        if self.startup is not None:
+            self.startup(len(kept), len(kept))
         self._check_fingerprint()
         log = _Evaluations(self.out / "evaluations.jsonl", self.resume)
         bursts: dict[str, Job] = {}

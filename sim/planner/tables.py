@@ -133,6 +133,8 @@ def summary(res: SearchResult, cf: pd.DataFrame | None = None, ch: pd.DataFrame 
         entry: dict[str, Any] = {
             "ttft_slo_s": m.ttft_s, "tpot_slo_s": m.tpot_s, "cheapest_per_rate": _records(rows),
             "pareto_front": front_of(res, m.label), "chosen": None, "verdict": (
+                f"Interrupted before the search for {m.label} finished (see configs.csv for what was proven); "
+                "run again with --resume to continue." if res.interrupted else
                 f"No configuration sustains even {min(m.rates_per_s):g} req/s of {m.label} at "
                 f"{cfg.search.target_attainment:.0%} SLO attainment.")}
         if b is not None:
@@ -141,9 +143,10 @@ def summary(res: SearchResult, cf: pd.DataFrame | None = None, ch: pd.DataFrame 
                                "burst_headroom_factor": head, "burst_duration_s": cfg.burst.duration_s,
                                "burst_evaluations": len(b.records)}
             price = rows[rows.rate_per_s == b.peak_rate].usd_per_million_output_tokens.iloc[0]
-            entry["verdict"] = verdict(cheapest(res.jobs, m.label, b.peak_rate), cfg.search.target_attainment,  # type: ignore[arg-type]
-                                       b.peak_rate, max(m.rates_per_s), None if pd.isna(price) else float(price),
-                                       head, float(b.search.grid[0]), cfg.burst.max_factor, cfg.burst.duration_s)
+            entry["verdict"] = ("Interrupted (partial results): " if res.interrupted else "") + verdict(
+                cheapest(res.jobs, m.label, b.peak_rate), cfg.search.target_attainment,  # type: ignore[arg-type]
+                b.peak_rate, max(m.rates_per_s), None if pd.isna(price) else float(price),
+                head, float(b.search.grid[0]), cfg.burst.max_factor, cfg.burst.duration_s)
         models[m.label] = entry
     status = cf.status.value_counts().to_dict()
     return {"plan": res.plan.name, "seed": cfg.seed, "complete": not res.interrupted,

@@ -37,6 +37,13 @@ class Uva(OffloadPolicy):
             raise ValueError(f"offload_gib must be >= 0, got {offload_gib}")
         self.offload_gib = offload_gib
 
+    def setup(self, ctx: InstanceContext) -> None:
+        super().setup(ctx)
+        total = ctx.model.num_layers * ctx.model.weight_bytes_per_layer
+        if self.offload_gib * GiB > total:  # not capped silently: the user asked for more than there is
+            raise PlanError(f"uva: offload_gib {self.offload_gib:g} is more than the {total / GiB:.2f} GiB of "
+                            f"layer weights of {ctx.model.name} ({ctx.model.num_layers} layers)")
+
     def initial_plan(self) -> OffloadPlan:
         return OffloadPlan.uva_bytes(self.ctx.model, self.offload_gib * GiB)
 

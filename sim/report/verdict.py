@@ -4,7 +4,7 @@ against the SLO, by how much, and why the others fall short. Plain text from the
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from sim.core.units import GiB
 
@@ -44,8 +44,9 @@ def _why(s: Mapping[str, Any], ttft_slo: float, tpot_slo: float) -> str:
 
 
 def verdict(summaries: Mapping[str, Mapping[str, Any]], ttft_slo_s: float = math.inf,
-            tpot_slo_s: float = math.inf, interrupted: bool = False) -> list[str]:
-    """Sentences, headline first. ``summaries`` are per-policy summaries in the order compared."""
+            tpot_slo_s: float = math.inf, interrupted: bool = False, about_input: Sequence[str] = ()) -> list[str]:
+    """Sentences, headline first. ``summaries`` are per-policy summaries in the order compared;
+    ``about_input``: sentences on what was done to the input (e.g. requests longer than the context), last."""
     out: list[str] = []
     if interrupted:
         out.append("Interrupted: these are partial results.")
@@ -63,16 +64,22 @@ def verdict(summaries: Mapping[str, Mapping[str, Any]], ttft_slo_s: float = math
                        if has_slo else f"{best} serves {tp:.0f} tokens/s.")
         else:
             ru, rs = order[1], ran[order[1]]
-            ratio = tp / rs["throughput_tokens_per_s"] if rs.get("throughput_tokens_per_s") else math.inf
-            if has_slo:
+            if has_slo and not rs.get("throughput_tokens_per_s"):  # no ratio to a policy that produced nothing
+                out.append(f"{best} meets the SLO for {pct(bs['slo_attainment'])} of requests ({tp:.0f} tokens/s); "
+                           f"{ru}, the next best ({pct(rs['slo_attainment'])}), produced no tokens.")
+            elif has_slo:
+                ratio = tp / rs["throughput_tokens_per_s"]
                 out.append(f"{best} meets the SLO for {pct(bs['slo_attainment'])} of requests at {times(ratio)} "
                            f"the throughput of {ru}, the next best ({pct(rs['slo_attainment'])}).")
             else:
                 by_tp = sorted(ran, key=lambda n: ran[n].get("throughput_tokens_per_s", 0.0), reverse=True)
                 a, b = by_tp[0], by_tp[1]
-                r = ran[a]["throughput_tokens_per_s"] / ran[b]["throughput_tokens_per_s"] \
-                    if ran[b].get("throughput_tokens_per_s") else math.inf
-                out.append(f"No SLO set: {a} has the highest throughput, {times(r)} that of {b}.")
+                if ran[b].get("throughput_tokens_per_s"):
+                    r = ran[a]["throughput_tokens_per_s"] / ran[b]["throughput_tokens_per_s"]
+                    out.append(f"No SLO set: {a} has the highest throughput, {times(r)} that of {b}.")
+                else:
+                    out.append(f"No SLO set: {a} has the highest throughput "
+                               f"({ran[a].get('throughput_tokens_per_s', 0.0):.0f} tokens/s); {b} produced no tokens.")
         host = bs.get("offloaded_weight_bytes_mean", 0.0)
         if host > 0:
             out.append(f"{best} keeps {host / GiB:.1f} GiB of weights in host memory on average.")
@@ -94,4 +101,5 @@ def verdict(summaries: Mapping[str, Mapping[str, Any]], ttft_slo_s: float = math
                 out.append(f"{n} rejected {rej} of {ran[n]['requests']} requests.")
     for n, err in failed.items():
         out.append(f"{n} could not run: {err.rstrip('.')}.")
+    out.extend(about_input)
     return out

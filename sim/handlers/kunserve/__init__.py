@@ -57,6 +57,7 @@ class KunServe(OverloadHandler):
     """Parameter dropping with pipelined groups (engine preemption: recompute)."""
 
     name = "kunserve"
+    params_class = KunServeParams  # what **params takes (scenarios check handler_params against it)
 
     def __init__(self, **params: Any) -> None:
         allowed = {f.name for f in fields(KunServeParams)}
