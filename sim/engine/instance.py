@@ -27,6 +27,7 @@ from sim.engine.link import Fabric, HostMemory
 from sim.engine.memory import EngineConfig, MemoryLayout
 from sim.engine.observation import InstanceObservation, IterationDelegate
 from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.engine.record_error import RecordError
 from sim.engine.sample import Sample
 from sim.engine.scheduler import ScheduledBatch, Scheduler
 
@@ -114,7 +115,8 @@ class Instance(HandlerHooks, InstanceObservation):
 
     def __init__(self, env: simpy.Environment, ctx: InstanceContext, policy: OffloadPolicy, fabric: Fabric,
                  host: HostMemory, timeline: Timeline | None = None, detail_iterations: int = 0,
-                 sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler) -> None:
+                 sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler,
+                 record_error: RecordError | None = None) -> None:
         self.env, self.ctx, self.policy, self.fabric, self.host = env, ctx, policy, fabric, host
         self.gpu = ctx.gpu
         self.delegate: IterationDelegate | None = None  # set while this GPU serves in a multi-GPU unit
@@ -162,6 +164,8 @@ class Instance(HandlerHooks, InstanceObservation):
         self.close_requested = False
         self.ended = False
         self._boundary: list[Callable[[Instance], None]] = []
+        # executed kernel times stray from the cost model's by this (None: they match it exactly)
+        self.time_error = record_error.stream(self.gpu) if record_error is not None and record_error.active else None
 
     # --- requests in ----------------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
@@ -170,6 +174,11 @@ class Instance(HandlerHooks, InstanceObservation):
         if need > self.max_blocks:
             req.reject(f"needs {need} KV blocks ({req.prompt_tokens}+{req.output_tokens} tokens); the pool "
                        f"holds at most {self.max_blocks}", self.env.now)
+            self._on_done(req)
+            return
+        reason = self.policy.on_arrival(self.view, req, self.env.now)
+        if reason:
+            req.reject(reason, self.env.now)
             self._on_done(req)
             return
         self.sched.add(req)
@@ -325,6 +334,9 @@ class Instance(HandlerHooks, InstanceObservation):
         else:
             compute_s = ctx.cost.layer_time(shape)
             fixed_s = ctx.cost.fixed_time(shape)
+            if self.time_error is not None:
+                f = self.time_error.next()
+                compute_s, fixed_s = compute_s * f, fixed_s * f
         plan = self.plan
         tasks = compile_copies(plan, self.layer_bytes, promote) if (promote or plan.offloaded) else ()
         swaps = batch.swap_in_bytes > 0 or batch.swap_out_bytes > 0
@@ -364,6 +376,8 @@ class Instance(HandlerHooks, InstanceObservation):
     def _end_iteration(self, batch: ScheduledBatch, tm: IterationTiming) -> None:
         """Record the iteration, then run what waits for this boundary."""
         self.in_flight = False
+        if self.delegate is None and not batch.shape.is_empty:
+            self.policy.observe(self.view, batch.k, tm.end_s - tm.start_s)
         self._record(batch, tm)
         if self._boundary:
             hooks, self._boundary = self._boundary, []
