@@ -329,14 +329,15 @@ class Instance(HandlerHooks, InstanceObservation):
             plan = self.policy.plan_for(self.view, shape, now)
             if plan != self.plan:
                 promote = self.apply_plan(plan) or ()
+        # f: how far this iteration strays from the cost model (record error; 1: not at all). Kernels take
+        # f x their time and copies f x theirs (in closed form the link's rate is divided by f; on the shared
+        # fabric a copy's bytes are multiplied by f, so the bus counters include the error there)
+        f = self.time_error.next() if self.time_error is not None and not shape.is_empty else 1.0
         if shape.is_empty:
             compute_s = fixed_s = 0.0
         else:
-            compute_s = ctx.cost.layer_time(shape)
-            fixed_s = ctx.cost.fixed_time(shape)
-            if self.time_error is not None:
-                f = self.time_error.next()
-                compute_s, fixed_s = compute_s * f, fixed_s * f
+            compute_s = ctx.cost.layer_time(shape) * f
+            fixed_s = ctx.cost.fixed_time(shape) * f
         plan = self.plan
         tasks = compile_copies(plan, self.layer_bytes, promote) if (promote or plan.offloaded) else ()
         swaps = batch.swap_in_bytes > 0 or batch.swap_out_bytes > 0
@@ -347,30 +348,35 @@ class Instance(HandlerHooks, InstanceObservation):
         # and idle and only one kind of traffic (weights or swaps) uses it.
         if not (link_work or swaps) or (self.private and not (link_work and swaps)
                                         and self.fabric.idle(self.h2d_route) and self.fabric.idle(self.d2h_route)):
+            h2d, d2h = (self.h2d_rate, self.d2h_rate) if f == 1.0 else (self.h2d_rate / f, self.d2h_rate / f)
             swap_ready = None
             if swaps:
                 swap_ready = now
                 if batch.swap_in_bytes:
-                    swap_ready = max(swap_ready, (now + lat) + batch.swap_in_bytes / self.h2d_rate)
+                    swap_ready = max(swap_ready, (now + lat) + batch.swap_in_bytes / h2d)
                 if batch.swap_out_bytes:
-                    swap_ready = max(swap_ready, (now + lat) + batch.swap_out_bytes / self.d2h_rate)
-            timing = run_closed_form(now, plan, compute_s, tasks, self.h2d_rate, lat, fixed_s,
+                    swap_ready = max(swap_ready, (now + lat) + batch.swap_out_bytes / d2h)
+            timing = run_closed_form(now, plan, compute_s, tasks, h2d, lat, fixed_s,
                                      self.layer_bytes, swap_ready, record)
             if timing.copy_bytes:
                 self.fabric.account(self.h2d_route, timing.copy_bytes, timing.copy_first_s, timing.copy_last_s,
                                     tag="weights")
             if batch.swap_in_bytes:
                 self.fabric.account(self.h2d_route, batch.swap_in_bytes, now,
-                                    (now + lat) + batch.swap_in_bytes / self.h2d_rate, tag="swap_h2d")
+                                    (now + lat) + batch.swap_in_bytes / h2d, tag="swap_h2d")
             if batch.swap_out_bytes:
                 self.fabric.account(self.d2h_route, batch.swap_out_bytes, now,
-                                    (now + lat) + batch.swap_out_bytes / self.d2h_rate, tag="swap_d2h")
+                                    (now + lat) + batch.swap_out_bytes / d2h, tag="swap_d2h")
             yield env.timeout(timing.end_s - now)
         else:
             self.event_iterations += 1
-            swap_list = [("h2d", batch.swap_in_bytes), ("d2h", batch.swap_out_bytes)]
+            lb = self.layer_bytes
+            if f != 1.0:
+                lb = lb * f
+                tasks = compile_copies(plan, lb, promote) if tasks else ()
+            swap_list = [("h2d", batch.swap_in_bytes * f), ("d2h", batch.swap_out_bytes * f)]
             timing = yield from run_events(env, self.fabric, self.gpu, plan, compute_s, tasks, lat, fixed_s,
-                                           self.layer_bytes, swap_list, record)
+                                           lb, swap_list, record)
         return timing
 
     def _end_iteration(self, batch: ScheduledBatch, tm: IterationTiming) -> None:

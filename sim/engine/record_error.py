@@ -2,11 +2,11 @@
 
 A performance record is profiled once; the iterations it then predicts never run exactly as profiled
 (other kernels, clocks, temperature, a profile taken on another card). `RecordError` makes that explicit
-in a simulation: every iteration's compute and fixed time (the GPU kernels the record was profiled from)
-is multiplied by ``(1 + bias) x e`` with ``e`` log-normal of mean 1 and log-standard deviation ``noise``,
-drawn per iteration from a stream seeded by (``seed``, GPU). Host-link copies are not perturbed: their
-bandwidth is what the link gives. The record, the policies and the cost model stay unchanged, so a policy
-that trusts its record is wrong by exactly this much.
+in a simulation: every iteration takes ``(1 + bias) x e`` times what the record predicts, ``e``
+log-normal of mean 1 and log-standard deviation ``noise``, drawn per iteration from a stream seeded by
+(``seed``, GPU): its kernels (compute and fixed time) and its host-link copies (weights, KV swaps) alike,
+as a record profiled on another day or card would be wrong about both. The record, the policies and the
+cost model stay unchanged, so a policy that trusts its record is wrong by exactly this much.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RecordError:
-    """Executed kernel time = predicted x (1 + ``bias``) x per-iteration noise (log-normal, mean 1,
+    """Executed iteration time = predicted x (1 + ``bias``) x per-iteration noise (log-normal, mean 1,
     log-sd ``noise``), seeded by ``seed`` and the GPU."""
 
     bias: float = 0.0

@@ -184,7 +184,7 @@ class Goodput(SelectN):
             self._decode_s = float(self._predict(dec)[s, j])
         elif shape.decode_tokens:
             self._decode_s = float(T[s, j])
-        self._expect_iteration(view.step, new, s, shape, float(S[s, j]) + swap / float(self.rates[s]))
+        self._expect_iteration(view.step, new, s, shape, bool(n_prom[j] or swap))
         self.state["decode"] = new
         self.iterations[("prefill" if shape.prefill_tokens else "decode", new)] += 1
         if len(self.log) < self.log_limit:
@@ -330,5 +330,4 @@ class Goodput(SelectN):
         """The record's executor at ``interval`` for the shape itself (no rounding up), at bandwidth share
         ``share`` (0: alone on the bus)."""
         c = self.rec.cost or self.ctx.cost
-        k = self._scale()
-        return self.rec.time_at(interval, c.layer_time(shape) * k, c.fixed_time(shape) * k, share)
+        return self.rec.time_at(interval, c.layer_time(shape), c.fixed_time(shape), share) * self._scale()

@@ -103,7 +103,7 @@ class SelectN(SelectNAdmission):
         status.uses_link_now = bool(self.pcie[jn] or n_prom[jn] or swap)
         status.solo = status.uses_link_now and s_loc == 0 and self.ctx.bus.shared
         status.busy_until = now + float(T[s_loc, jn] + S[s_loc, jn])
-        self._expect_iteration(view.step, new, s_loc, shape, float(S[s_loc, jn]) + swap / float(self.rates[s_loc]))
+        self._expect_iteration(view.step, new, s_loc, shape, bool(n_prom[jn] or swap))
         self.state[kind] = new
         self.iterations[(kind, new)] += 1
         if len(self.log) < self.log_limit:

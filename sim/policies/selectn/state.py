@@ -93,7 +93,7 @@ class SelectNState(OffloadPolicy):
         self.q_lo = 1.0 - self.lengths.q
         # self-correction (`observe`): executed / predicted kernel time, kept as a running (geometric) mean
         self.time_scale = 1.0
-        self._expect: tuple[int, int, int, BatchShape, float] | None = None  # (step, interval, share, shape, extra s)
+        self._expect: tuple[int, int, int, BatchShape] | None = None  # (step, interval, share, shape)
         self.state: dict[str, int | None] = {"prefill": None, "decode": None}
         self.pending: dict[str, list] = {"prefill": [None, 0], "decode": [None, 0]}
         self.iterations: Counter = Counter()  # (kind, interval) -> iterations run with it
@@ -143,33 +143,32 @@ class SelectNState(OffloadPolicy):
 
     def _predict(self, shape: BatchShape) -> np.ndarray:
         """Conservative time (shares x candidates); beyond the record's grid, the cost model's time. With
-        ``correct``, the record's layer and fixed times are scaled by what execution has shown."""
+        ``correct``, scaled by what execution has shown (`observe`)."""
         b = self.rec.bound(shape)
         if b is None:
             c = self.rec.cost or self.ctx.cost
             b = (c.layer_time(shape), c.fixed_time(shape))
+        T = np.array([self.rec.times(b[0], b[1], s) for s in range(self.shares)])[:, self.col]
         k = self._scale()
-        if k != 1.0:
-            b = (b[0] * k, b[1] * k)
-        return np.array([self.rec.times(b[0], b[1], s) for s in range(self.shares)])[:, self.col]
+        return T * k if k != 1.0 else T
 
-    def _expect_iteration(self, step: int, interval: int, share: int, shape: BatchShape, extra_s: float) -> None:
-        """Remember what the iteration about to run is (for `observe` to compare with what it took)."""
+    def _expect_iteration(self, step: int, interval: int, share: int, shape: BatchShape, moves: bool) -> None:
+        """Remember what the iteration about to run is (for `observe` to compare with what it took); one
+        that also promotes layers or swaps KV is not compared (the record does not time those)."""
         if self.correct:
-            self._expect = (step, interval, share, shape, extra_s)
+            self._expect = None if moves else (step, interval, share, shape)
 
     def observe(self, view: EngineView, step: int, duration_s: float) -> None:
         """Self-correction: compare the iteration's time with the record's prediction for its exact shape
-        (not the rounded-up bound) at the current scale, and move the scale by ``correct_rate`` of the
-        log-ratio. The prediction grows with the scale, so this converges to the scale at which the record
-        matches execution; an iteration whose time the copies decide says little and moves it little."""
+        (the executor on the shape itself, not the rounded-up bound) times the current scale, and move the
+        scale by ``correct_rate`` of the log-ratio: a running geometric mean of observed / predicted, which
+        settles where the scaled record matches execution."""
         e, self._expect = self._expect, None
         if e is None or e[0] != step or duration_s <= 0:
             return
-        _, interval, share, shape, extra_s = e
+        _, interval, share, shape = e
         c = self.rec.cost or self.ctx.cost
-        k = self._scale()
-        pred = self.rec.time_at(interval, c.layer_time(shape) * k, c.fixed_time(shape) * k, share) + extra_s
+        pred = self.rec.time_at(interval, c.layer_time(shape), c.fixed_time(shape), share) * self._scale()
         if pred > 0:
             ratio = min(max(duration_s / pred, 0.5), 2.0)
             self.time_scale = min(max(self.time_scale * ratio ** self.correct_rate, 0.5), 3.0)
