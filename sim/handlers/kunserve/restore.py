@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Generator, Literal, Sequence
 import simpy
 
 from sim.core.hardware import HardwareSpec
+from sim.handlers.kunserve.placement import whole
 
 if TYPE_CHECKING:
     from sim.handlers.kunserve.group import PipelineGroup
@@ -122,7 +123,7 @@ def restore(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
             grp.extra[h] -= (1 - grp.f[h]) * req.blocks
             if abs(grp.extra[h]) < 1e-6:
                 grp.extra[h] = 0.0
-            grp.local[h] += req.blocks
+            grp.place(req.blocks, whole(grp.L, h))
             grp.converted[rid] = (req, kind, h)
         grp.update_capacity()
     c.count("kunserve_restore_s", env.now - t0)
