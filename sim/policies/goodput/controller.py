@@ -21,9 +21,10 @@ slack left to admit the queue. This controller asks the opposite question each i
    offloading slows every step, so it pays only while the memory it buys raises the throughput); none
    saved, no extra offload.
 3. **Reject at arrival, not at the deadline.** A request whose first token cannot come in time even
-   optimistically (the running requests finishing early, the queue ahead prefilled at full speed) is
-   rejected when it arrives, with the forecast in the reason; at the head of the queue, one whose prefill
-   would end after its deadline is rejected rather than served late.
+   optimistically (the running requests finishing early, the queue ahead prefilled at full speed, the
+   forecast's own observed error at its most favourable) is rejected when it arrives, with the forecast in
+   the reason; at the head of the queue, one whose prefill would end after its deadline is rejected rather
+   than served late.
 4. **Hysteresis the other way round.** More offload happens at once (it is needed now); less offload
    (copying layers back in) waits until that choice repeats ``hysteresis`` iterations, unless the current
    plan misses a budget.
@@ -38,6 +39,7 @@ works beside it).
 from __future__ import annotations
 
 import math
+from collections import deque
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -62,7 +64,7 @@ class Goodput(SelectN):
 
     def __init__(self, min_interval: int = 1, hysteresis: int = 3, correct: bool = True,
                  reject_at_arrival: bool = True, max_heads: int = 8, staging_chunks: int = 1,
-                 staging_slots: int = 2, log_limit: int = 10_000) -> None:
+                 staging_slots: int = 2, log_limit: int = 10_000, min_evidence: int = 20) -> None:
         super().__init__(hysteresis=hysteresis, min_interval=min_interval, coordinate=False, admission=True,
                          separate_phases=False, log_limit=log_limit, staging_chunks=staging_chunks,
                          staging_slots=staging_slots, correct=correct)
@@ -70,6 +72,7 @@ class Goodput(SelectN):
             raise ValueError(f"max_heads must be >= 1, got {max_heads}")
         self.reject_at_arrival = reject_at_arrival
         self.max_heads = max_heads
+        self.min_evidence = max(1, min_evidence)  # served requests the arrival forecast is checked on first
         self.rejected_at_arrival = 0
         self.rejected_at_head = 0
         self.offloaded_for_queue = 0  # iterations whose plan offloads more to admit queued requests
@@ -77,6 +80,9 @@ class Goodput(SelectN):
         self._step_s = 0.0  # predicted time of the last planned iteration
         self._decode_s = 0.0  # predicted decode step of the running batch at the last plan (arrival forecast)
         self._best_pool = 0  # the largest KV pool of a plan that met every budget at the last plan
+        # the arrival forecast checks itself: first-token delay observed / forecast, for served requests
+        self._forecast: dict[int, float] = {}
+        self._errors: deque[float] = deque(maxlen=200)
 
     def describe(self) -> str:
         return f"goodput(hysteresis={self.hysteresis}{', self-correcting' if self.correct else ''})"
@@ -300,11 +306,13 @@ class Goodput(SelectN):
     def on_arrival(self, view: EngineView, req: "Request", now: float) -> str | None:
         """Reject at arrival a request whose first token cannot come in time even optimistically: the
         running requests finish early (the low quantile of their remaining lengths) and free their KV into
-        the largest pool a plan meeting every budget gives, and the queue ahead and this prompt are
-        prefilled at the cost model's exact speed (not the record's rounded-up bound)."""
+        the largest pool a plan meeting every budget gives, the queued ones ahead hold theirs as long, and
+        the queue ahead and this prompt are prefilled at the cost model's exact speed (not the record's
+        rounded-up bound). The forecast is checked against the first tokens served (observed / forecast
+        delay): a request is rejected only if the forecast, scaled by the low (10 %) quantile of that
+        ratio, still misses -- so a forecast that has erred on the pessimistic side rejects less."""
         if not self.reject_at_arrival or req.ttft_slo_s == INF:
             return None
-        deadline = req.arrival_s + req.ttft_slo_s
         j = self.pos.get(self._interval_of(view.plan), len(self.cands) - 1)
         ahead = list(view.waiting)
         queue = [*ahead, req]
@@ -318,13 +326,30 @@ class Goodput(SelectN):
             times, cum = self._release(view, now, self._decode_s, self.q_lo)
             start = start_times([self._block_need(r) for r in queue], self._hold_s(queue, self._decode_s, self.q_lo),
                                 free, times, cum, now)[-1]
-        first = max(start + t_own, now + t_all)
-        if first > deadline:
+        delay = max(start + t_own, now + t_all) - req.arrival_s
+        # reject only if the forecast misses even when it errs as favourably as it has for the requests
+        # served so far (the low quantile of observed / forecast; no rejection before there is evidence)
+        k = float(np.quantile(self._errors, 0.1)) if len(self._errors) >= self.min_evidence else None
+        if k is not None and delay * k > req.ttft_slo_s:
             self.rejected_at_arrival += 1
-            what = "never (the pool cannot free enough)" if first == INF else f"{first - req.arrival_s:.2f} s"
+            what = "never (the pool cannot free enough)" if delay == INF else f"{delay:.2f} s"
             return (f"TTFT SLO {req.ttft_slo_s:.2f} s: at arrival, the first token is forecast at best after "
-                    f"{what} ({len(ahead)} queued ahead); rejected at arrival")
+                    f"{what} ({len(ahead)} queued ahead; forecasts have erred by x{k:.2f} at the least); "
+                    f"rejected at arrival")
+        if delay > 0 and delay < INF:
+            self._forecast[req.id] = delay
         return None
+
+    def observe(self, view: EngineView, step: int, duration_s: float) -> None:
+        """Correct the record (`SelectNState.observe`) and check the arrival forecast against the first
+        tokens this iteration produced."""
+        super().observe(view, step, duration_s)
+        batch = view.current_batch
+        for req, _chunk in (batch.prefill if batch is not None else ()):
+            if req.first_token_s is not None:
+                f = self._forecast.pop(req.id, None)
+                if f is not None:
+                    self._errors.append((req.first_token_s - req.arrival_s) / f)
 
     def _exact(self, shape: BatchShape, interval: int, share: int = 0) -> float:
         """The record's executor at ``interval`` for the shape itself (no rounding up), at bandwidth share
