@@ -19,6 +19,7 @@ A request's true ``output_tokens`` is never read here (tests check that no polic
 
 from __future__ import annotations
 
+import bisect
 import math
 from functools import lru_cache
 from statistics import NormalDist
@@ -41,6 +42,8 @@ class OutputLengths:
         if not 0 < q < 1:
             raise ValueError(f"the output-length quantile must be in (0, 1), got {q}")
         self.values = v
+        self._list = v.tolist()  # bisect on a list: far faster than numpy for one value at a time
+        self._cache: dict[tuple[int, float], int] = {}  # (generated, q) -> remaining, without max_tokens
         self.q = q
         self.source = source
         f = v.astype(float)
@@ -61,7 +64,7 @@ class OutputLengths:
 
     def _tail(self, generated: int) -> int:
         """Index of the first length above ``generated``."""
-        return int(np.searchsorted(self.values, generated, side="right"))
+        return bisect.bisect_right(self._list, generated)
 
     @staticmethod
     def _max_tokens(req: "Request") -> int | None:
@@ -81,12 +84,17 @@ class OutputLengths:
     def remaining(self, req: "Request", generated: int, q: float | None = None) -> int:
         """The q-quantile (default ``self.q``) of the tokens still to come after ``generated`` (>= 1)."""
         q = self.q if q is None else q
-        i = self._tail(generated)
-        n = len(self.values) - i
-        if n > 0:
-            rem = int(self.values[i + min(n - 1, int(q * (n - 1) + 0.5))]) - generated
-        else:  # longer than anything seen: expect a little more (a tenth of what it has, at least one)
-            rem = max(1, generated // 10)
+        rem = self._cache.get((generated, q))
+        if rem is None:
+            i = self._tail(generated)
+            n = len(self._list) - i
+            if n > 0:
+                rem = self._list[i + min(n - 1, int(q * (n - 1) + 0.5))] - generated
+            else:  # longer than anything seen: expect a little more (a tenth of what it has, at least one)
+                rem = max(1, generated // 10)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[(generated, q)] = rem
         m = self._max_tokens(req)
         if m is not None:
             rem = min(rem, m - generated)
@@ -95,7 +103,7 @@ class OutputLengths:
     def _moments(self, generated: int) -> tuple[float, float]:
         """Conditional mean and variance of the remaining tokens after ``generated``."""
         i = self._tail(generated)
-        n = len(self.values) - i
+        n = len(self._list) - i
         if n == 0:
             r = max(1.0, generated / 10)
             return r, 0.0
@@ -120,7 +128,7 @@ class OutputLengths:
         """Whether the request may produce more than ``generated`` tokens (its max_tokens allows it and some
         output of the distribution is longer)."""
         cap = self._max_tokens(req)
-        return (cap is None or cap > generated) and self._tail(generated) < len(self.values)
+        return (cap is None or cap > generated) and self._tail(generated) < len(self._list)
 
     def reserve_blocks(self, items: Iterable[tuple["Request", int, int]], block_size: int,
                        q: float | None = None) -> int:
