@@ -73,10 +73,14 @@ def run_all(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | None,
 
 
 def publish(key: str, table: str, fig: Any | None, caption: str, order: int = 50,
-            out: Path = OUT, page: Path = PAGE) -> None:
-    """Write a headline's table (markdown) and figure, and rebuild the page of all figures."""
+            out: Path = OUT, page: Path = PAGE, points: Any | None = None) -> None:
+    """Write a headline's table (markdown), its sweep's points (CSV, when given) and figure, and rebuild the
+    page of all figures."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{key}.md").write_text(table.rstrip() + "\n")
+    if table.strip():
+        (out / f"{key}.md").write_text(table.rstrip() + "\n")
+    if points is not None:
+        points.to_csv(out / f"{key}.csv", index=False, float_format="%.6g")
     if fig is not None:
         save_figure(fig, out, key, caption, order)
         write_page(out, page)

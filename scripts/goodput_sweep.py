@@ -104,7 +104,7 @@ def bursts_section(seeds, rates, workers) -> str:
                 "SLO attainment (%)")
     publish("goodput-bursts", table, fig, "Llama-2-7B on one A10 with three 15 s bursts of 1-3 requests/s, 5 seeds "
             "per rate: memslo's goodput controller against no offloading, vLLM swap, the paper's online Select-N and "
-            "static Select-N. scripts/goodput_sweep.py --only bursts.", order=20)
+            "static Select-N. scripts/goodput_sweep.py --only bursts.", order=20, points=df)
     return table
 
 
@@ -138,7 +138,7 @@ def error_section(seeds, workers) -> str:
                 "bias of executed iteration times against the record", "SLO attainment (%)")
     publish("record-error", table, fig, "Executed iterations 0.9x-1.1x the record's (with and without 5 % "
             "per-iteration noise), 5 seeds each: the paper's Select-N trusts its record, the correcting one and "
-            "goodput learn the ratio. scripts/goodput_sweep.py --only error.", order=21)
+            "goodput learn the ratio. scripts/goodput_sweep.py --only error.", order=21, points=df)
     return table
 
 

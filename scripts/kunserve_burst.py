@@ -176,7 +176,7 @@ def scales_section(seeds, scales, workers) -> tuple[str, pd.DataFrame]:
                 "burst rate_scale", "ratio (log)", log_y=True, ref=10.0, ref_label="10x")
     publish("kunserve-scales", table, fig, "Burst rate_scale 1.1-2.0 x 5 seeds (trace windows) on A100 and H100: "
             "recompute's P99 TTFT during the burst over KunServe's, with groups that grow and with pairs only. "
-            "scripts/kunserve_burst.py --only scales.", order=10)
+            "scripts/kunserve_burst.py --only scales.", order=10, points=df)
     p99 = df[df.handler.isin(["recompute", "kunserve", "kunserve-pairs", "infercept"])].copy()
     p99["series"] = p99.gpu + ": " + p99.handler
     fig2 = curve(p99, "scale", "burst_p99_ttft_s", "series", "P99 TTFT during the burst by handler and burst size",
@@ -252,7 +252,7 @@ def budgets_section(seeds, workers) -> str:
     fig = curve(r, "budget_k", "ratio", "series", "recompute / KunServe by the chunked-prefill budget (burst 1.3x)",
                 "0: 2,048 · 1: 4,096 · 2: 8,192 · 3: 2,048 with vLLM V0 admission", "ratio (log)", log_y=True)
     publish("kunserve-budgets", table, fig, "The chunked-prefill budget decides recompute's preemption spiral: "
-            "5 seeds per budget. scripts/kunserve_burst.py --only budgets.", order=12)
+            "5 seeds per budget. scripts/kunserve_burst.py --only budgets.", order=12, points=df)
     return table
 
 
@@ -279,7 +279,7 @@ def imbalance_section(seeds, workers) -> str:
                 "Unequal load (round-robin): SLO attainment by burst size", "burst rate_scale", "SLO attainment (%)")
     publish("kunserve-imbalance", table, fig, "Round-robin routing of heavy-tailed requests leaves one instance "
             "short of KV while another has room: live migration acts. scripts/kunserve_burst.py --only imbalance.",
-            order=13)
+            order=13, points=df)
     return table
 
 
@@ -302,7 +302,7 @@ def variants_section(seeds, workers) -> str:
         lines.append(f"| {labels[h]} | " + " | ".join(cells) + " |")
     lines.append(f"\n(`python scripts/kunserve_burst.py --only variants`: burst 1.3x, {len(seeds)} seeds, medians)")
     table = "\n".join(lines)
-    publish("kunserve-variants", table, None, "")
+    publish("kunserve-variants", table, None, "", points=df)
     return table
 
 

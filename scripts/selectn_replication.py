@@ -356,8 +356,8 @@ def main() -> int:
         for k, (key, fig) in enumerate(figs):
             publish(key, table if k == 0 else "", fig, "Select-N against FlexGen, per batch and TPOT SLO (A10): "
                     "whole-layer staging (the paper's) and 8 pieces through 2 slots (an extension). "
-                    "scripts/selectn_replication.py.", order=30 + k)
-        publish("selectn-d", dm + "\n" + note, None, "")
+                    "scripts/selectn_replication.py.", order=30 + k, points=bc if k == 0 else None)
+        publish("selectn-d", dm + "\n" + note, None, "", points=d)
     return 0
 
 

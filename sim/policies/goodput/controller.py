@@ -65,9 +65,11 @@ class Goodput(SelectN):
     def __init__(self, min_interval: int = 1, hysteresis: int = 3, correct: bool = True,
                  reject_at_arrival: bool = True, max_heads: int = 8, staging_chunks: int = 1,
                  staging_slots: int = 2, log_limit: int = 10_000, min_evidence: int = 20) -> None:
+        # corrects both ways: a faster execution than the record's does not make it offload more (it offloads
+        # only for memory), it only stops it rejecting requests the record would wrongly call late
         super().__init__(hysteresis=hysteresis, min_interval=min_interval, coordinate=False, admission=True,
                          separate_phases=False, log_limit=log_limit, staging_chunks=staging_chunks,
-                         staging_slots=staging_slots, correct=correct)
+                         staging_slots=staging_slots, correct=correct, correct_down=True)
         if max_heads < 1:
             raise ValueError(f"max_heads must be >= 1, got {max_heads}")
         self.reject_at_arrival = reject_at_arrival

@@ -26,9 +26,10 @@ Staging: an offloaded layer lands in one whole-layer buffer (the paper's) or, wi
 pieces through ``staging_slots`` one-piece slots (`OffloadPlan.select_n`); the record is built for that
 staging, so its times, pools and i_max already include it.
 
-With ``correct`` (not the paper's; off by default) the record's kernel times are scaled by a running
+With ``correct`` (not the paper's; off by default) the record's predictions are scaled by a running
 geometric mean of executed / predicted iteration time (`state.SelectNState.observe`), for a record that
-is wrong by a bias the profile did not see (`sim.engine.record_error`).
+is wrong by a bias the profile did not see (`sim.engine.record_error`) -- upward only unless
+``correct_down``: with a record that is too slow, Select-N's objective would spend the margin on offloading.
 
 Admission: `admission.SelectNAdmission`; state, predictions and memory checks: `state.SelectNState`.
 """

@@ -31,11 +31,14 @@ class SelectNState(OffloadPolicy):
     def __init__(self, hysteresis: int = 3, min_interval: int = 1, record: str | None = None,
                  coordinate: bool = True, admission: bool = True, separate_phases: bool = True,
                  log_limit: int = 10_000, staging_chunks: int = 1, staging_slots: int = 2,
-                 correct: bool = False, correct_rate: float = 0.05, reserve_quantile: float = 0.5) -> None:
+                 correct: bool = False, correct_rate: float = 0.05, reserve_quantile: float = 0.5,
+                 correct_down: bool = False) -> None:
         """``staging_chunks`` > 1 streams each offloaded layer in that many pieces through ``staging_slots``
         slots of one piece (`OffloadPlan.select_n`): less staging memory (more KV), less copy hidden.
         ``correct``: scale the record's kernel times by what the executed iterations show (the paper's
-        controller trusts its record: off by default); ``correct_rate``: how fast the scale follows.
+        controller trusts its record: off by default); ``correct_rate``: how fast the scale follows;
+        ``correct_down``: also scale below 1 when execution is faster than the record (off: Select-N would
+        spend the margin on offloading more, its objective, which costs attainment -- README, record error).
         ``reserve_quantile``: the quantile of the running requests' summed remaining output that the KV
         reservation covers (0.5: their expected end; output lengths are not known, see `_reserved`)."""
         if hysteresis < 1:
@@ -53,7 +56,7 @@ class SelectNState(OffloadPolicy):
         self.log_limit = log_limit
         if not 0 < correct_rate <= 1:
             raise ValueError(f"correct_rate must be in (0, 1], got {correct_rate}")
-        self.correct, self.correct_rate = correct, correct_rate
+        self.correct, self.correct_rate, self.correct_down = correct, correct_rate, correct_down
         if not 0 < reserve_quantile < 1:
             raise ValueError(f"reserve_quantile must be in (0, 1), got {reserve_quantile}")
         self.reserve_quantile = reserve_quantile
@@ -137,9 +140,14 @@ class SelectNState(OffloadPolicy):
             n = self._promote[key] = len(cur_off - self.off[j])
         return n
 
-    def _scale(self) -> float:
-        """The kernel-time correction in use, on a 1 % grid (so the record's time cache keeps hitting)."""
+    def _learned(self) -> float:
+        """The learned executed / predicted ratio, on a 1 % grid (so the record's time cache keeps hitting)."""
         return round(self.time_scale, 2) if self.correct else 1.0
+
+    def _scale(self) -> float:
+        """The correction the predictions use: the learned ratio, or at least 1 unless ``correct_down``."""
+        k = self._learned()
+        return k if self.correct_down else max(k, 1.0)
 
     def _predict(self, shape: BatchShape) -> np.ndarray:
         """Conservative time (shares x candidates); beyond the record's grid, the cost model's time. With
@@ -168,7 +176,7 @@ class SelectNState(OffloadPolicy):
             return
         _, interval, share, shape = e
         c = self.rec.cost or self.ctx.cost
-        pred = self.rec.time_at(interval, c.layer_time(shape), c.fixed_time(shape), share) * self._scale()
+        pred = self.rec.time_at(interval, c.layer_time(shape), c.fixed_time(shape), share) * self._learned()
         if pred > 0:
             ratio = min(max(duration_s / pred, 0.5), 2.0)
             self.time_scale = min(max(self.time_scale * ratio ** self.correct_rate, 0.5), 3.0)
