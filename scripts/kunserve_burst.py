@@ -30,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sweep import REPO, SEEDS, find_shared, floats_arg, loaded, publish, run_all, scenario_dict, seeds_arg  # noqa: E402
+from _sweep import SEEDS, find_shared, floats_arg, loaded, publish, run_all, scenario_dict, seeds_arg  # noqa: E402
 
 from sim.report.distribution import curve, fmt_ci, median_ci  # noqa: E402
 

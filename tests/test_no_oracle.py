@@ -63,7 +63,7 @@ class Guarded(OffloadPolicy):
         return attr
 
     # the base class defines these, so __getattr__ would not see them
-    def setup(self, ctx):  # noqa: D102
+    def setup(self, ctx):
         return self.__getattr__("setup")(ctx)
 
     def initial_plan(self):

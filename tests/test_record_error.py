@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-from sim.config.scenario import load_scenario
-from sim.core.hardware import get_hardware
-from sim.core.model import get_model
-from sim.core.workload import Batch, Fixed, SyntheticWorkload
 from sim.api import PolicySpec, simulate
+from sim.config.scenario import load_scenario
+from sim.core.workload import Batch, Fixed, SyntheticWorkload
 from sim.engine.record_error import RecordError
 
 from .helpers import REPO

@@ -45,7 +45,7 @@ def fmt_ci(m: tuple[float, float, float], fmt: str = "{:.1f}", unit: str = "") -
     med, lo, hi = m
     if not np.isfinite(med):
         return "n/a"
-    f = lambda v: fmt.format(v) + unit  # noqa: E731
+    f = lambda v: fmt.format(v) + unit
     return f"{f(med)} [{f(lo)}, {f(hi)}]"
 
 
