@@ -1,14 +1,21 @@
-"""The KunServe burst experiment: run the burst scenarios and print the README's markdown table.
+"""The KunServe burst headlines as distributions: sweeps on the process pool, median [95 % CI] tables
+(markdown, as the README quotes them) and the curves (docs/headlines.html).
 
-    python scripts/kunserve_burst.py                         # both shipped variants (A100, H100)
-    python scripts/kunserve_burst.py scenarios/kunserve_burst.yaml --trace PATH/azure_conv_2023.csv
-    python scripts/kunserve_burst.py --sensitivity           # + how the ratio depends on the burst's size
-    python scripts/kunserve_burst.py --variants              # + KunServe with naive micro-batches / pipeline
-    python scripts/kunserve_burst.py --budgets               # + how the ratio depends on the chunked-prefill budget
+    python scripts/kunserve_burst.py                      # every sweep below (about 10 minutes on 2 cores)
+    python scripts/kunserve_burst.py --only scales        # one of: scales, budgets, imbalance, variants
+    python scripts/kunserve_burst.py --point              # the shipped scenarios once each (seed 0), as before
+    options: --seeds 0,1,2,3,4  --scales 1.1,1.2,...  --workers N  --trace PATH/azure_conv_2023.csv
 
-"During the burst" means the requests that *arrive* inside the scenario's trace burst window(s)
-(``workload.trace.bursts``: from start_s to start_s + duration_s on the replayed timeline); their TTFT is
-what a burst does to users. TPOT is over all finished requests (the pipelined groups' cost shows there).
+Sweeps (A100: scenarios/kunserve_burst.yaml, H100: kunserve_burst_h100.yaml):
+- scales: burst rate_scale 1.1-2.0 x seeds; recompute, KunServe, KunServe whose pairs never grow
+  (``grow: false``), InferCept (at the shipped 1.3 also swap and migrate);
+- budgets: the chunked-prefill budget (max_num_batched_tokens 2,048 / 4,096 / 8,192, and vLLM V0's admission)
+  x seeds at the shipped burst, recompute and KunServe;
+- imbalance: scenarios/kunserve_imbalance.yaml (round-robin routing) at burst 1.0-1.2 x seeds, five handlers;
+- variants: KunServe's pipeline variants x seeds at the shipped burst.
+A *seed* is a different ten minutes of the trace: the window starts 60 s x seed later (and the burst's
+replication draws with that seed), so the sweep samples the traffic, not one lucky window. "During the
+burst" = requests that arrive inside the scenario's burst window.
 """
 
 from __future__ import annotations
@@ -19,201 +26,333 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sim.config.scenario import LoadedScenario, load_scenario  # noqa: E402
+from _sweep import SEEDS, find_shared, floats_arg, loaded, publish, run_all, scenario_dict, seeds_arg  # noqa: E402
 
+from sim.report.distribution import curve, fmt_ci, median_ci  # noqa: E402
+
+GPUS = {"A100": "kunserve_burst", "H100": "kunserve_burst_h100"}
+SCALES = (1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0)
+SHIPPED_SCALE = 1.3
 PAPER_RATIO = 72.2  # KunServe paper: up to 72.2x lower tail TTFT than Llumnix, vLLM and InferCept
-DEFAULT = [REPO / "scenarios" / "kunserve_burst.yaml", REPO / "scenarios" / "kunserve_burst_h100.yaml"]
+H = {  # handler entries by name
+    "recompute": {"name": "recompute", "policy": "none", "handler": "recompute"},
+    "swap": {"name": "swap", "policy": "none", "handler": "swap"},
+    "migrate": {"name": "migrate", "policy": "none", "handler": "migrate"},
+    "infercept": {"name": "infercept", "policy": "none", "handler": "infercept"},
+    "kunserve": {"name": "kunserve", "policy": "none", "handler": "kunserve"},
+    "kunserve-pairs": {"name": "kunserve-pairs", "policy": "none", "handler": "kunserve",
+                       "handler_params": {"grow": False}},
+    "kunserve-fcfs": {"name": "kunserve-fcfs", "policy": "none", "handler": "kunserve",
+                      "handler_params": {"micro_batching": "fcfs"}},
+    "kunserve-sync": {"name": "kunserve-sync", "policy": "none", "handler": "kunserve",
+                      "handler_params": {"overlap_steps": False}},
+    "kunserve-fcfs-sync": {"name": "kunserve-fcfs-sync", "policy": "none", "handler": "kunserve",
+                           "handler_params": {"micro_batching": "fcfs", "overlap_steps": False}},
+}
 
 
-def find_trace() -> Path | None:
-    """The shared trace beside the checkout (CI) or two levels up (a git worktree)."""
-    for base in (REPO.parent, REPO.parent.parent):
-        p = base / "shared" / "data" / "traces" / "azure_conv_2023.csv"
-        if p.exists():
-            return p
-    return None
+# --- one simulation ---------------------------------------------------------------------------------------------
+def _edit(name: str, seed: int, scale: float | None, handlers: list[str], engine: dict | None) -> dict:
+    d = scenario_dict(name)
+    d["seed"] = seed
+    t = d["workload"]["trace"]
+    t["window_start_s"] = t.get("window_start_s", 0) + 60 * seed
+    if scale is not None:
+        t["bursts"][0]["rate_scale"] = scale
+    d["compare"] = [H[h] for h in handlers]
+    if engine:
+        d["engine"].update(engine)
+    return d
 
 
-def burst_windows(loaded: LoadedScenario) -> list[tuple[float, float]]:
-    w = loaded.sc.workload
-    if w is None or w.trace is None or not w.trace.bursts:
-        raise SystemExit(f"{loaded.path.name}: no workload.trace.bursts to define 'during the burst'")
-    return [(b.start_s, b.start_s + b.duration_s) for b in w.trace.bursts]
-
-
-def in_bursts(df, windows):
-    m = np.zeros(len(df), dtype=bool)
-    for a, b in windows:
-        m |= (df.arrival_s >= a).to_numpy() & (df.arrival_s < b).to_numpy()
-    return df[m]
-
-
-def measure(loaded: LoadedScenario, **kw) -> tuple[dict[str, dict], float]:
-    windows = burst_windows(loaded)
-    t0 = time.perf_counter()
-    runs = loaded.simulate(timeline_max_spans=20_000, detail_iterations=0, **kw)
-    wall = time.perf_counter() - t0
-    rows = {}
+def run_item(item: dict) -> list[dict]:
+    """One scenario variant, every handler on the same requests: one row per handler."""
+    sc = loaded(item["name"], _edit(item["name"], item["seed"], item.get("scale"), item["handlers"], item.get("engine")))
+    b = sc.sc.workload.trace.bursts[0]
+    runs = sc.simulate(detail_iterations=0, timeline_max_spans=0)
+    rows = []
     for name, run in runs.items():
         s = run.summary
+        row = {**{k: v for k, v in item.items() if k not in ("handlers", "engine", "name")}, "scenario": item["name"],
+               "handler": name}
         if "error" in s:
-            rows[name] = {"error": s["error"]}
+            rows.append({**row, "error": s["error"]})
             continue
-        b = in_bursts(run.requests, windows)
-        stats = run.result.instances[0].cluster.stats if run.result.instances else {}
-        rows[name] = {
-            "burst_p99_ttft_s": float(np.nanpercentile(b.ttft_s, 99)) if b.ttft_s.notna().any() else float("nan"),
-            "burst_p50_ttft_s": float(np.nanpercentile(b.ttft_s, 50)) if b.ttft_s.notna().any() else float("nan"),
-            "burst_requests": len(b),
-            "p99_ttft_s": s["ttft_s"]["p99"], "tpot_p50_s": s["tpot_s"]["p50"], "tpot_p99_s": s["tpot_s"]["p99"],
-            "finished": s["finished"], "requests": s["requests"], "preemptions": s["preemptions"],
-            "drops": int(stats.get("drops", 0)), "restores": int(stats.get("restores", 0)),
-            "migrations": int(stats.get("migrations", 0)),
-            "bubble_share": (stats["kunserve_bubble_gpu_s"] / (stats["kunserve_busy_gpu_s"] + stats["kunserve_bubble_gpu_s"])
-                             if stats.get("kunserve_busy_gpu_s") else None),
-        }
-    return rows, wall
+        df = run.requests
+        x = df[(df.arrival_s >= b.start_s) & (df.arrival_s < b.start_s + b.duration_s)]
+        st = run.result.stats
+        busy, bub = st.get("kunserve_busy_gpu_s", 0.0), st.get("kunserve_bubble_gpu_s", 0.0)
+        rows.append({**row, "burst_p99_ttft_s": float(np.nanpercentile(x.ttft_s, 99)),
+                     "burst_p50_ttft_s": float(np.nanpercentile(x.ttft_s, 50)), "p99_ttft_s": s["ttft_s"]["p99"],
+                     "tpot_p50_s": s["tpot_s"]["p50"], "tpot_p99_s": s["tpot_s"]["p99"],
+                     "attainment": s["slo_attainment"], "preemptions": s["preemptions"],
+                     "drops": int(st.get("drops", 0)), "restores": int(st.get("restores", 0)),
+                     "regroups": int(st.get("kunserve_regroups", 0)), "max_group": int(st.get("kunserve_max_group", 0)),
+                     "migrations": int(st.get("migrations", 0)),
+                     "bubble_share": bub / (busy + bub) if busy else np.nan, "requests": s["requests"],
+                     "finished": s["finished"]})
+    return rows
 
 
-def table(loaded: LoadedScenario, rows: dict[str, dict], wall: float) -> str:
-    hw = loaded.hardware.name
-    w = burst_windows(loaded)
-    span = ", ".join(f"{a:g}-{b:g} s" for a, b in w)
-    kun = rows.get("kunserve", {}).get("burst_p99_ttft_s", float("nan"))
-    out = [f"**{loaded.name}** ({loaded.model.name}, {loaded.sc.hardware.num_gpus}x {hw}, "
-           f"{len(loaded.requests)} requests, burst arrivals {span}; simulated in {wall:.1f} s wall)", "",
-           "| handler | P99 TTFT, burst (s) | x KunServe's | P50 TTFT, burst (s) | P99 TTFT, all (s) | "
-           "TPOT p50 / p99 (ms) | preemptions | notes |",
-           "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for name, r in rows.items():
-        if "error" in r:
-            out.append(f"| {name} | could not run: {r['error']} |||||||")
+def sweep(items: list[dict], workers: int | None, label: str) -> pd.DataFrame:
+    return pd.DataFrame([r for rows in run_all(run_item, items, workers, label) for r in rows])
+
+
+def ratios(df: pd.DataFrame, num: str, den: str, keys: list[str], col: str = "burst_p99_ttft_s") -> pd.DataFrame:
+    """Per sweep point: ``num``'s value over ``den``'s (e.g. recompute's P99 over KunServe's)."""
+    a = df[df.handler == num].set_index(keys)[col]
+    b = df[df.handler == den].set_index(keys)[col]
+    return (a / b).rename("ratio").reset_index()
+
+
+# --- sections ---------------------------------------------------------------------------------------------------
+def scales_section(seeds, scales, workers) -> tuple[str, pd.DataFrame]:
+    base = ["recompute", "kunserve", "kunserve-pairs", "infercept"]
+    items = [{"gpu": g, "name": n, "scale": s, "seed": k,
+              "handlers": base + (["swap", "migrate"] if s == SHIPPED_SCALE else [])}
+             for g, n in GPUS.items() for s in scales for k in seeds]
+    t0 = time.perf_counter()
+    df = sweep(items, workers, "burst scales")
+    wall = time.perf_counter() - t0
+    keys = ["gpu", "scale", "seed"]
+    r = {h: ratios(df, h, "kunserve", keys) for h in ("recompute", "infercept", "kunserve-pairs")}
+    rp = ratios(df, "recompute", "kunserve-pairs", keys)
+    tp = ratios(df, "kunserve", "recompute", keys, "tpot_p99_s")
+    lo, hi = min(scales), max(scales)
+
+    def cell(frame: pd.DataFrame, gpu: str, sel=None) -> str:
+        x = frame[frame.gpu == gpu]
+        if sel is not None:
+            x = x[sel(x)]
+        return fmt_ci(median_ci(x.ratio), "{:.1f}", "x")
+
+    mid = lambda x: (x.scale >= 1.25) & (x.scale <= 1.5)  # noqa: E731
+    rows = [
+        (f"recompute (vLLM) / KunServe, P99 TTFT during the burst, burst scales {lo:g}-{hi:g} x {len(seeds)} seeds",
+         [cell(r["recompute"], g) for g in GPUS]),
+        ("same, burst scales 1.25-1.5 only", [cell(r["recompute"], g, mid) for g in GPUS]),
+        ("same, KunServe whose pairs never grow (`grow: false`; the previous behaviour)",
+         [cell(rp, g) for g in GPUS]),
+        ("KunServe with pairs only / KunServe that grows (what growing buys)",
+         [cell(r["kunserve-pairs"], g) for g in GPUS]),
+        ("infercept / KunServe", [cell(r["infercept"], g) for g in GPUS]),
+        ("KunServe's TPOT p99 / recompute's", [cell(tp, g) for g in GPUS]),
+    ]
+    best = []
+    for g in GPUS:
+        x = r["recompute"][r["recompute"].gpu == g].sort_values("ratio", ascending=False).iloc[0]
+        best.append(f"{x.ratio:.1f}x (scale {x.scale:g}, seed {int(x.seed)})")
+    rows.append(("best single point of the sweep (**not** the headline)", best))
+    lines = ["| P99 TTFT during the burst, median [95 % CI] | memslo, A100 | memslo, H100 | paper |",
+             "|---|---:|---:|---:|"]
+    for k, (label, cells) in enumerate(rows):
+        paper = f"up to {PAPER_RATIO}x (against the best of Llumnix, vLLM and InferCept)" if k == 0 else ""
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {paper} |")
+    # per scale
+    lines += ["", "| burst rate_scale | A100 recompute (s) | A100 kunserve (s) | A100 ratio | H100 recompute (s) | "
+              "H100 kunserve (s) | H100 ratio |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in scales:
+        cells = []
+        for g in GPUS:
+            x = df[(df.gpu == g) & (df.scale == s)]
+            rec = median_ci(x[x.handler == "recompute"].burst_p99_ttft_s)
+            kun = median_ci(x[x.handler == "kunserve"].burst_p99_ttft_s)
+            rr = r["recompute"]
+            rat = median_ci(rr[(rr.gpu == g) & (rr.scale == s)].ratio)
+            cells += [f"{rec[0]:.2f}", f"{kun[0]:.2f}", fmt_ci(rat, "{:.1f}", "x")]
+        lines.append(f"| {s:g}{' (shipped)' if s == SHIPPED_SCALE else ''} | " + " | ".join(cells) + " |")
+    lines.append(f"\n(`python scripts/kunserve_burst.py --only scales`: {len(items)} scenario runs, "
+                 f"{df.handler.nunique()} handlers, {wall:.0f} s on {workers or 'all'} workers; medians of the "
+                 "P99 in seconds, ratios per point then their median)")
+    table = "\n".join(lines)
+    allr = pd.concat([r["recompute"].assign(what="recompute / KunServe"),
+                      rp.assign(what="recompute / KunServe pairs (no growth)")])
+    allr["series"] = allr.gpu + ": " + allr.what
+    fig = curve(allr, "scale", "ratio", "series", "P99 TTFT during the burst: recompute / KunServe, by burst size",
+                "burst rate_scale", "ratio (log)", log_y=True, ref=10.0, ref_label="10x")
+    publish("kunserve-scales", table, fig, "Burst rate_scale 1.1-2.0 x 5 seeds (trace windows) on A100 and H100: "
+            "recompute's P99 TTFT during the burst over KunServe's, with groups that grow and with pairs only. "
+            "scripts/kunserve_burst.py --only scales.", order=10, points=df)
+    p99 = df[df.handler.isin(["recompute", "kunserve", "kunserve-pairs", "infercept"])].copy()
+    p99["series"] = p99.gpu + ": " + p99.handler
+    fig2 = curve(p99, "scale", "burst_p99_ttft_s", "series", "P99 TTFT during the burst by handler and burst size",
+                 "burst rate_scale", "P99 TTFT (s, log)", log_y=True)
+    publish("kunserve-p99", shipped_table(df, seeds), fig2, "The P99 TTFT behind the ratios, per handler. "
+            "scripts/kunserve_burst.py --only scales.", order=11)
+    return table + "\n\n" + shipped_table(df, seeds), df
+
+
+def shipped_table(df: pd.DataFrame, seeds) -> str:
+    """Every handler at the shipped burst (1.3x), medians over the seeds."""
+    out = []
+    for g, name in GPUS.items():
+        x = df[(df.gpu == g) & (df.scale == SHIPPED_SCALE)]
+        if x.empty:
             continue
-        ratio = r["burst_p99_ttft_s"] / kun if kun and np.isfinite(kun) else float("nan")
-        notes = []
-        if r["drops"]:
-            notes.append(f"{r['drops']} drops, {r['restores']} restores")
-            if r["bubble_share"] is not None:
-                notes.append(f"bubbles {r['bubble_share']:.0%} of pipelined GPU time")
-        if r["migrations"]:
-            notes.append(f"{r['migrations']} migrations")
-        if r["finished"] < r["requests"]:
-            notes.append(f"{r['requests'] - r['finished']} unfinished")
-        out.append(f"| {name} | {r['burst_p99_ttft_s']:.2f} | {ratio:.1f}x | {r['burst_p50_ttft_s']:.2f} | "
-                   f"{r['p99_ttft_s']:.2f} | {r['tpot_p50_s'] * 1e3:.0f} / {r['tpot_p99_s'] * 1e3:.0f} | "
-                   f"{r['preemptions']} | {'; '.join(notes)} |")
-    rec = rows.get("recompute", {}).get("burst_p99_ttft_s", float("nan"))
-    mig = rows.get("migrate", {}).get("burst_p99_ttft_s", float("nan"))
-    out += ["", f"P99 TTFT during the burst, recompute / KunServe = **{rec / kun:.1f}x**, migrate / KunServe = "
-            f"**{mig / kun:.1f}x** (paper: up to {PAPER_RATIO}x against Llumnix, vLLM and InferCept)."]
+        kun = x[x.handler == "kunserve"].set_index("seed").burst_p99_ttft_s
+        out += [f"**{name}** ({g}, burst 1.3x, {len(seeds)} seeds: median [95 % CI])", "",
+                "| handler | P99 TTFT, burst (s) | x KunServe's | P50 TTFT, burst (s) | P99 TTFT, all (s) | "
+                "TPOT p50 / p99 (ms) | preemptions | notes |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for h in ("recompute", "swap", "migrate", "infercept", "kunserve", "kunserve-pairs"):
+            y = x[x.handler == h]
+            if y.empty:
+                continue
+            rat = (y.set_index("seed").burst_p99_ttft_s / kun).dropna()
+            notes = []
+            if y.drops.max() > 0:
+                notes.append(f"drops {np.median(y.drops):g}, grown groups {np.median(y.regroups):g}, restores "
+                             f"{np.median(y.restores):g} (medians); bubbles {np.nanmedian(y.bubble_share):.0%}")
+            if y.migrations.max() > 0:
+                notes.append(f"{np.median(y.migrations):g} migrations")
+            elif h == "migrate":
+                notes.append("0 migrations: every instance is loaded")
+            out.append(f"| {h} | {fmt_ci(median_ci(y.burst_p99_ttft_s), '{:.2f}')} | {fmt_ci(median_ci(rat), '{:.1f}', 'x')} | "
+                       f"{np.median(y.burst_p50_ttft_s):.2f} | {np.median(y.p99_ttft_s):.2f} | "
+                       f"{np.median(y.tpot_p50_s) * 1e3:.0f} / {np.median(y.tpot_p99_s) * 1e3:.0f} | "
+                       f"{np.median(y.preemptions):.0f} | {'; '.join(notes)} |")
+        out.append("")
     return "\n".join(out)
 
 
-def _variant(path: Path, d: dict, trace: Path | None, seed: int | None) -> tuple[LoadedScenario, dict, float]:
-    import yaml
-
-    tmp = path.with_name(f".{path.stem}-variant.yaml")
-    tmp.write_text(yaml.safe_dump(d))
-    try:
-        loaded = load_scenario(tmp, seed=seed, trace=trace)
-        rows, wall = measure(loaded)
-    finally:
-        tmp.unlink()
-    return loaded, rows, wall
-
-
-VARIANTS = [  # KunServe with a naive pipeline, to show what the lookahead and the asynchronous pipeline buy
-    {"name": "kunserve-fcfs", "policy": "none", "handler": "kunserve", "handler_params": {"micro_batching": "fcfs"}},
-    {"name": "kunserve-sync", "policy": "none", "handler": "kunserve", "handler_params": {"overlap_steps": False}},
-    {"name": "kunserve-fcfs-sync", "policy": "none", "handler": "kunserve",
-     "handler_params": {"micro_batching": "fcfs", "overlap_steps": False}},
-]
-
-
-def variants(path: Path, trace: Path | None, seed: int | None) -> str:
-    import yaml
-
-    d = yaml.safe_load(path.read_text())
-    d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")] + VARIANTS
-    _, rows, _ = _variant(path, d, trace, seed)
-    out = [f"**{path.stem}**: KunServe's pipeline variants", "",
-           "| variant | P99 TTFT, burst (s) | TPOT p50 / p99 (ms) | bubbles (share of pipelined GPU time) |",
-           "|---|---:|---:|---:|"]
-    for name, r in rows.items():
-        b = "" if r["bubble_share"] is None else f"{r['bubble_share']:.0%}"
-        out.append(f"| {name} | {r['burst_p99_ttft_s']:.2f} | {r['tpot_p50_s'] * 1e3:.0f} / "
-                   f"{r['tpot_p99_s'] * 1e3:.0f} | {b} |")
-    return "\n".join(out)
-
-
-def _head_to_head(path: Path, trace: Path | None, edit) -> dict[str, dict]:
-    """Recompute and KunServe alone on the scenario after ``edit(d)`` changes its YAML mapping."""
-    import yaml
-
-    d = yaml.safe_load(path.read_text())
-    d["compare"] = [c for c in d["compare"] if c["name"] in ("recompute", "kunserve")]
-    edit(d)
-    return _variant(path, d, trace, None)[1]
+def budgets_section(seeds, workers) -> str:
+    configs = [("2,048 (shipped; vLLM's A100 default)", {"max_num_batched_tokens": 2048}),
+               ("4,096 (KunServe's budget while pipelined)", {"max_num_batched_tokens": 4096}),
+               ("8,192 (vLLM's H100 default)", {"max_num_batched_tokens": 8192}),
+               ("2,048, admitting after a preemption, 1 % watermark (vLLM V0)",
+                {"admit_after_preemption": True, "watermark": 0.01})]
+    items = [{"gpu": g, "name": n, "scale": SHIPPED_SCALE, "seed": k, "budget": label, "engine": eng,
+              "handlers": ["recompute", "kunserve"]}
+             for g, n in GPUS.items() for label, eng in configs for k in seeds]
+    t0 = time.perf_counter()
+    df = sweep(items, workers, "budgets")
+    wall = time.perf_counter() - t0
+    r = ratios(df, "recompute", "kunserve", ["gpu", "budget", "seed"])
+    lines = ["| max_num_batched_tokens | A100 recompute (s) | preemptions | A100 kunserve (s) | A100 ratio | "
+             "H100 recompute (s) | preemptions | H100 kunserve (s) | H100 ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, _ in configs:
+        cells = []
+        for g in GPUS:
+            x = df[(df.gpu == g) & (df.budget == label)]
+            rec = x[x.handler == "recompute"]
+            cells += [f"{np.median(rec.burst_p99_ttft_s):.2f}", f"{np.median(rec.preemptions):.0f}",
+                      f"{np.median(x[x.handler == 'kunserve'].burst_p99_ttft_s):.2f}",
+                      fmt_ci(median_ci(r[(r.gpu == g) & (r.budget == label)].ratio), "{:.1f}", "x")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(f"\n(`python scripts/kunserve_burst.py --only budgets`: burst 1.3x, {len(seeds)} seeds, medians; "
+                 f"{len(items)} scenario runs in {wall:.0f} s)")
+    table = "\n".join(lines)
+    r["series"] = r.gpu
+    order = {label: k for k, (label, _) in enumerate(configs)}
+    r["budget_k"] = r.budget.map(order)
+    fig = curve(r, "budget_k", "ratio", "series", "recompute / KunServe by the chunked-prefill budget (burst 1.3x)",
+                "0: 2,048 · 1: 4,096 · 2: 8,192 · 3: 2,048 with vLLM V0 admission", "ratio (log)", log_y=True)
+    publish("kunserve-budgets", table, fig, "The chunked-prefill budget decides recompute's preemption spiral: "
+            "5 seeds per budget. scripts/kunserve_burst.py --only budgets.", order=12, points=df)
+    return table
 
 
-def sensitivity(path: Path, trace: Path | None, scales: list[float]) -> str:
-    """The recompute / KunServe ratio as the burst's extra load grows (burst rate_scale)."""
-    out = [f"**{path.stem}**: burst size vs. P99 TTFT during the burst (s)", "",
-           "| burst rate_scale | recompute | kunserve | ratio |", "|---:|---:|---:|---:|"]
-    for sc in scales:
-        rows = _head_to_head(path, trace, lambda d, sc=sc: d["workload"]["trace"]["bursts"][0].update(rate_scale=sc))
-        a, b = rows["recompute"]["burst_p99_ttft_s"], rows["kunserve"]["burst_p99_ttft_s"]
-        out.append(f"| {sc:g} | {a:.2f} | {b:.2f} | {a / b:.1f}x |")
-    return "\n".join(out)
+def imbalance_section(seeds, workers) -> str:
+    hs = ["recompute", "swap", "migrate", "infercept", "kunserve"]
+    scales = (1.0, 1.1, 1.2)
+    items = [{"gpu": "A100", "name": "kunserve_imbalance", "scale": s, "seed": k, "handlers": hs}
+             for s in scales for k in seeds]
+    t0 = time.perf_counter()
+    df = sweep(items, workers, "imbalance")
+    wall = time.perf_counter() - t0
+    lines = ["| handler | SLO attainment | P99 TTFT, all (s) | TPOT p99 (ms) | preemptions | migrations |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for h in hs:
+        x = df[df.handler == h]
+        lines.append(f"| {h} | {fmt_ci(median_ci(x.attainment * 100), '{:.1f}', ' %')} | "
+                     f"{fmt_ci(median_ci(x.p99_ttft_s), '{:.2f}')} | {np.median(x.tpot_p99_s) * 1e3:.0f} | "
+                     f"{np.median(x.preemptions):.0f} | {np.median(x.migrations):.0f} |")
+    lines.append(f"\n(`python scripts/kunserve_burst.py --only imbalance`: scenarios/kunserve_imbalance.yaml, burst "
+                 f"{', '.join(f'{s:g}' for s in scales)}x x {len(seeds)} seeds, medians [95 % CI] over all "
+                 f"{len(items)} points; {wall:.0f} s)")
+    table = "\n".join(lines)
+    fig = curve(df.assign(att=df.attainment * 100), "scale", "att", "handler",
+                "Unequal load (round-robin): SLO attainment by burst size", "burst rate_scale", "SLO attainment (%)")
+    publish("kunserve-imbalance", table, fig, "Round-robin routing of heavy-tailed requests leaves one instance "
+            "short of KV while another has room: live migration acts. scripts/kunserve_burst.py --only imbalance.",
+            order=13, points=df)
+    return table
 
 
-def budgets(path: Path, trace: Path | None, tokens: list[int]) -> str:
-    """The recompute / KunServe ratio against the engine's chunked-prefill budget (max_num_batched_tokens;
-    vLLM serves with 2048 on an A100 and 8192 on an H100 by default) and, at the scenario's budget, memslo's
-    default admission (admit in an iteration that preempted, as vLLM V0 does, and a 1 % watermark) instead of
-    the scenario's vLLM V1 rules (each configuration changes the scenario's engine settings it names)."""
-    configs = [(f"{n}", {"max_num_batched_tokens": n}) for n in tokens]
-    configs.append(("scenario's budget, admitting after a preemption, 1 % watermark",
-                    {"admit_after_preemption": True, "watermark": 0.01}))
-    out = [f"**{path.stem}**: chunked-prefill budget and admission rule vs. P99 TTFT during the burst (s)", "",
-           "| max_num_batched_tokens | recompute | recompute preemptions | kunserve | ratio |",
-           "|---|---:|---:|---:|---:|"]
-    for label, over in configs:
-        rows = _head_to_head(path, trace, lambda d, over=over: d["engine"].update(over))
-        a, b = rows["recompute"]["burst_p99_ttft_s"], rows["kunserve"]["burst_p99_ttft_s"]
-        out.append(f"| {label} | {a:.2f} | {rows['recompute']['preemptions']} | {b:.2f} | {a / b:.1f}x |")
+def variants_section(seeds, workers) -> str:
+    hs = ["kunserve", "kunserve-fcfs", "kunserve-sync", "kunserve-fcfs-sync"]
+    items = [{"gpu": g, "name": n, "scale": SHIPPED_SCALE, "seed": k, "handlers": hs}
+             for g, n in GPUS.items() for k in seeds]
+    df = sweep(items, workers, "variants")
+    labels = {"kunserve": "kunserve (lookahead, asynchronous)", "kunserve-fcfs": "FCFS micro-batches",
+              "kunserve-sync": "synchronous steps", "kunserve-fcfs-sync": "FCFS and synchronous"}
+    lines = ["| variant | A100: P99 TTFT, burst (s) | TPOT p50 / p99 (ms) | bubbles | H100: P99 TTFT, burst (s) | "
+             "TPOT p50 / p99 (ms) | bubbles |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for h in hs:
+        cells = []
+        for g in GPUS:
+            x = df[(df.gpu == g) & (df.handler == h)]
+            cells += [fmt_ci(median_ci(x.burst_p99_ttft_s), "{:.2f}"),
+                      f"{np.median(x.tpot_p50_s) * 1e3:.0f} / {np.median(x.tpot_p99_s) * 1e3:.0f}",
+                      f"{np.nanmedian(x.bubble_share):.0%}"]
+        lines.append(f"| {labels[h]} | " + " | ".join(cells) + " |")
+    lines.append(f"\n(`python scripts/kunserve_burst.py --only variants`: burst 1.3x, {len(seeds)} seeds, medians)")
+    table = "\n".join(lines)
+    publish("kunserve-variants", table, None, "", points=df)
+    return table
+
+
+def point(trace: Path | None) -> str:
+    """The shipped scenarios once (their own seed): one row per handler."""
+    out = []
+    for g, n in GPUS.items():
+        d = scenario_dict(n)
+        rows = run_item({"gpu": g, "name": n, "seed": d.get("seed", 0), "scale": None,
+                         "handlers": [c["name"] for c in d["compare"]]})
+        df = pd.DataFrame(rows)
+        kun = float(df[df.handler == "kunserve"].burst_p99_ttft_s.iloc[0])
+        out += [f"**{n}** (seed {d.get('seed', 0)}, one run)", "", "| handler | P99 TTFT, burst (s) | x KunServe's | "
+                "preemptions | drops / grown / restores |", "|---|---:|---:|---:|---|"]
+        for r in rows:
+            out.append(f"| {r['handler']} | {r['burst_p99_ttft_s']:.2f} | {r['burst_p99_ttft_s'] / kun:.1f}x | "
+                       f"{r['preemptions']} | {r['drops']} / {r['regroups']} / {r['restores']} |")
+        out.append("")
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("scenarios", nargs="*", type=Path, default=DEFAULT)
+    ap.add_argument("--only", default="scales,budgets,imbalance,variants")
+    ap.add_argument("--seeds", type=seeds_arg, default=SEEDS)
+    ap.add_argument("--scales", type=floats_arg, default=SCALES)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--point", action="store_true", help="the shipped scenarios once each (no sweep)")
     ap.add_argument("--trace", type=Path, default=None, help="azure_conv_2023.csv (default: ../shared beside the checkout)")
-    ap.add_argument("--sensitivity", action="store_true", help="also vary the burst's size")
-    ap.add_argument("--variants", action="store_true", help="also KunServe with FCFS micro-batches / a synchronous pipeline")
-    ap.add_argument("--budgets", action="store_true", help="also vary the chunked-prefill budget")
-    ap.add_argument("--seed", type=int, default=None, help="replace the scenarios' seed")
     args = ap.parse_args(argv)
-    trace = args.trace or find_trace()
-    seed = args.seed
-    for path in args.scenarios:
-        loaded = load_scenario(path, seed=seed, trace=trace)
-        rows, wall = measure(loaded)
-        print(table(loaded, rows, wall))
-        print()
-        if args.variants:
-            print(variants(path, trace, seed))
-            print()
-        if args.sensitivity:
-            print(sensitivity(path, trace, [1.1, 1.2, 1.25, 1.3, 1.4, 1.5, 2.0]))
-            print()
-        if args.budgets:
-            print(budgets(path, trace, [2048, 4096, 8192]))
-            print()
+    if args.trace is not None:
+        import os
+        os.environ["MEMSLO_SHARED"] = str(args.trace.resolve().parents[2])
+    if find_shared() is None:
+        raise SystemExit("the Azure trace was not found: pass --trace PATH/azure_conv_2023.csv")
+    t0 = time.perf_counter()
+    if args.point:
+        print(point(args.trace))
+        return 0
+    only = set(args.only.split(","))
+    if "scales" in only:
+        print(scales_section(args.seeds, args.scales, args.workers)[0], "\n")
+    if "budgets" in only:
+        print(budgets_section(args.seeds, args.workers), "\n")
+    if "imbalance" in only:
+        print(imbalance_section(args.seeds, args.workers), "\n")
+    if "variants" in only:
+        print(variants_section(args.seeds, args.workers), "\n")
+    print(f"(scripts/kunserve_burst.py: {time.perf_counter() - t0:.0f} s; tables in docs/headlines/, figures in "
+          f"docs/headlines.html)")
     return 0
 
 

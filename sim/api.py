@@ -16,6 +16,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from sim.core.hardware import HardwareSpec, HardwareSpecError, get_hardware
+from sim.core.lengths import OutputLengths
 from sim.core.model import ModelSpec, ModelSpecError, get_model
 from sim.core.offload_plan import PlanError
 from sim.core.timeline import Timeline
@@ -27,6 +28,7 @@ from sim.engine.cluster import Cluster, Progress, RunResult, StopRule
 from sim.engine.link import HostMemoryError
 from sim.engine.memory import EngineConfig, ModelDoesNotFit
 from sim.engine.metrics import requests_frame, series_frame, summarize
+from sim.engine.record_error import RecordError
 from sim.engine.scheduler import Scheduler
 from sim.handlers import make_handler
 from sim.policies import make_policy
@@ -109,11 +111,14 @@ def parallel_slices(model: ModelSpec | list[ModelSpec], hw: HardwareSpec, engine
 def build_deployment(spec: PolicySpec, model: ModelSpec | list[ModelSpec], hw: HardwareSpec,
                      cost: CostModel | list[CostModel], engine: EngineConfig, num_gpus: int = 1,
                      router: str = "round-robin", timeline: Timeline | None = None, detail_iterations: int = 0,
-                     sample_interval_s: float = 0.25, cost_factory: CostFactory | None = None) -> Cluster:
+                     sample_interval_s: float = 0.25, cost_factory: CostFactory | None = None,
+                     output_lengths: OutputLengths | None = None, record_error: RecordError | None = None) -> Cluster:
     """The cluster one policy runs on: its handler's and its own engine settings over ``engine``, a fresh
     policy per instance, the handler attached. With tensor or pipeline parallelism in the engine settings
     every instance's GPUs hold slices of ``model`` costed by ``cost_factory`` (`parallel_slices`). Raises one
-    of `DEPLOYMENT_ERRORS` if it cannot start."""
+    of `DEPLOYMENT_ERRORS` if it cannot start. ``output_lengths``: what the policies may know of output
+    lengths; ``record_error``: how executed kernel times stray from the cost model's
+    (`sim.engine.cluster.Cluster`)."""
     handler = make_handler(spec.handler, **spec.handler_params) if spec.handler else None
     overrides = {**(handler.engine_overrides() if handler else {}), **spec.engine}
     eng = EngineConfig(**{**engine.__dict__, **overrides}) if overrides else engine
@@ -121,7 +126,7 @@ def build_deployment(spec: PolicySpec, model: ModelSpec | list[ModelSpec], hw: H
         model, cost = parallel_slices(model, hw, eng, cost_factory)
     cluster = Cluster(model, hw, cost, lambda: make_policy(spec.kind, **spec.params), eng, num_gpus,
                       router, timeline, detail_iterations, sample_interval_s,  # type: ignore[arg-type]
-                      handler.scheduler_class if handler else Scheduler)
+                      handler.scheduler_class if handler else Scheduler, output_lengths, record_error)
     if handler is not None:
         handler.attach(cluster)
     return cluster
@@ -133,14 +138,20 @@ def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareS
              engine: EngineConfig | None = None, num_gpus: int = 1, router: str = "round-robin",
              until_s: float | None = None, timeline_max_spans: int | None = 200_000, detail_iterations: int = 20,
              sample_interval_s: float = 0.25, progress: Callable[[str], Progress] | None = None,
-             stop: StopRule | None = None, progress_step_s: float = 5.0) -> dict[str, PolicyRun]:
+             stop: StopRule | None = None, progress_step_s: float = 5.0,
+             output_lengths: OutputLengths | None = None,
+             record_error: RecordError | None = None) -> dict[str, PolicyRun]:
     """Run each policy on the same requests. A policy that cannot run (model does not fit, bad parameter,
     host memory exhausted) gets a result with ``error`` set and the others still run. A Ctrl-C stops the
     policy in progress (its partial result is kept, marked interrupted) and skips the rest. ``model`` (and
     ``cost``) may be a list with one entry per instance (``num_gpus`` long without tensor or pipeline
     parallelism): different models sharing buses. Under tensor / pipeline parallelism (engine settings) the
     instances' slices are costed by ``cost_factory`` (default: the roofline).
-    ``stop`` is asked every ``progress_step_s`` of simulated time whether to end a policy's run early."""
+    ``stop`` is asked every ``progress_step_s`` of simulated time whether to end a policy's run early.
+    Policies know output lengths only as a distribution: ``output_lengths``, by default the distribution of
+    the workload's output lengths (what an operator knows from the traffic's history; never a request's
+    own length). ``record_error`` makes executed kernel times stray from the cost model's (and so from
+    Select-N's record)."""
     hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
     if isinstance(model, (list, tuple)):  # one model per GPU
         model = [get_model(m) if isinstance(m, str) else m for m in model]
@@ -151,6 +162,8 @@ def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareS
     if cost is None:
         cost = cost_factory(model, hw) if cost_factory else RooflineCostModel(model, hw)  # type: ignore[arg-type]
     base_engine = engine or EngineConfig()
+    if output_lengths is None and len(requests):
+        output_lengths = OutputLengths(requests.output_tokens, source="the workload's output distribution")
     names = [p.label for p in policies]
     if len(set(names)) != len(names):
         raise ValueError(f"policy names must be unique, got {names}")
@@ -160,7 +173,7 @@ def simulate(model: ModelSpec | str | list[ModelSpec | str], hardware: HardwareS
         tl = Timeline(max_spans=timeline_max_spans)
         try:
             dep = build_deployment(spec, model, hw, cost, base_engine, num_gpus, router, tl,  # type: ignore[arg-type]
-                                   detail_iterations, sample_interval_s, cost_factory)
+                                   detail_iterations, sample_interval_s, cost_factory, output_lengths, record_error)
         except DEPLOYMENT_ERRORS as e:
             msg = e.args[0] if e.args else str(e)
             res = RunResult(spec.label, reqs, error=str(msg))

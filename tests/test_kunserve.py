@@ -11,7 +11,7 @@ from sim.engine.cluster import Cluster
 from sim.engine.memory import EngineConfig
 from sim.handlers import make_handler
 from sim.handlers.kunserve import KunServeParams, capacity_gain_tokens, group_capacity_blocks
-from sim.handlers.kunserve.drop_plan import InstanceLoad, drop_plan
+from sim.handlers.kunserve.drop_plan import InstanceLoad, assign_slices, drop_plan
 from sim.handlers.kunserve.forming import begin
 from sim.handlers.kunserve.group import PipelineGroup
 from sim.handlers.kunserve.pipeline import (
@@ -22,6 +22,7 @@ from sim.handlers.kunserve.pipeline import (
     plan_step,
     stage_slices,
 )
+from sim.handlers.kunserve.placement import incoming, moves, spread, whole
 from sim.handlers.kunserve.restore import restore, restore_copy_time
 from sim.handlers.kunserve.trigger import DemandWindow, votes_to_drop
 from sim.policies import make_policy
@@ -93,6 +94,84 @@ def test_drop_plan_needs_voters_and_partners():
     # of 3) do not act; B+D does (320 >= 288) and A joins it
     assert drop_plan(loads([150, 110, 60, 50], [True, True, False, False]), 12, 100.0, 10.0, headroom=1.8) \
         == [(0, 1, 3)]
+
+
+def test_drop_plan_grows_an_overloaded_pair_into_four():
+    """Pools of 1000 B, P = 120 blocks. A pair (0,2) with demand 350 over its 320 blocks votes; the other
+    pair (1,3) has room (150 of 320). Merged: capacity of four GPUs, 4 x 100 + 3 x 120 = 760 >= 500, so the
+    overloaded pair grows by merging with the other (ids: the groups' leaders)."""
+    pair_a = InstanceLoad(0, 350, 320, 0.0, True, members=(0, 2), member_pools=(1000.0, 1000.0))
+    pair_b = InstanceLoad(1, 150, 320, 0.0, False, members=(1, 3), member_pools=(1000.0, 1000.0))
+    assert drop_plan([pair_a, pair_b], 12, 100.0, 10.0) == [(0, 1)]
+    # a solo instance with room is the first partner tried (most spare): 3 GPUs, 540 >= 350 + 10
+    solo = InstanceLoad(4, 10, 100, 1000.0, False)
+    assert drop_plan([pair_a, solo], 12, 100.0, 10.0) == [(0, 4)]
+    # max_group counts GPUs: a pair cannot merge with a pair into 4 when at most 3 are allowed
+    assert drop_plan([pair_a, pair_b], 12, 100.0, 10.0, max_group=3) == []
+
+
+def test_stage_order_keeps_every_slice_where_it_is():
+    """Two pairs of a 4-layer model (layers 0-1 and 2-3 per pair) merge into a group of four that keeps one
+    layer each: each member keeps a layer it holds; a pair and a solo instance form a group of three."""
+    half = [frozenset({0, 1}), frozenset({2, 3}), frozenset({0, 1}), frozenset({2, 3})]
+    order = assign_slices(half, 4)
+    assert [set(half[i]) >= {r} for r, i in enumerate(order)] == [True] * 4
+    three = assign_slices([frozenset(range(6)), frozenset(range(6, 12)), frozenset(range(12))], 12)
+    assert three == [0, 2, 1]  # slices [0,4) [4,8) [8,12): the solo instance takes the middle one
+    assert assign_slices([frozenset({0, 1}), frozenset({0, 1})], 4) is None
+
+
+def test_moves_by_placement():
+    """A request spread as a pair keeps it (layers 0-1 on member 0, 2-3 on member 2 of the new group) moves
+    to one layer per member: layer 1 from 0 to 1, layer 3 from 2 to 3; the new group's members receive a
+    quarter each where they lacked it."""
+    p = spread([(0, 2), (2, 4)], [0, 2])
+    slices = stage_slices(4, 4)
+    assert moves(p, slices) == {(0, 1): 1, (2, 3): 1}
+    assert incoming(p, slices, 4) == [0.0, 0.25, 0.0, 0.25]
+    assert moves(whole(4, 2), slices) == {(2, 0): 1, (2, 1): 1, (2, 3): 1}
+
+
+def test_a_grown_group_holds_more_kv_than_its_pairs():
+    """Four GPUs paired (0,1) and (2,3), each pair serving four requests; the controller then merges the
+    pairs into one group of four: every member keeps one of the 4 layers, so the group holds one more
+    replica's weights (P) of KV than the two pairs did -- (4M + 3P) against 2 (2M + P) -- and every request
+    finishes, its KV moved by placement (memory checked at every iteration)."""
+    c, h = tiny_cluster(gpus=4, blocks=20.0, restore=False, interval_s=1e3)
+    reqs = [Request(i, 0.0, 60, 30) for i in range(8)] + late()
+    p = KunServeParams(restore=False)
+    seen = {}
+
+    def settled(*gs):
+        return all(g.state == "pipelined" and not g.unexchanged for g in gs)
+
+    def scenario():
+        yield c.env.timeout(0.01)
+        a, b = PipelineGroup(c, c.instances[:2], p), PipelineGroup(c, c.instances[2:], p)
+        begin(a)
+        begin(b)
+        while not settled(a, b):
+            yield c.env.timeout(1e-3)
+        seen["pairs"] = (a.capacity(), b.capacity(), a.leader.bm.used + b.leader.bm.used)
+        grown = h.controller._group((a.leader.gpu, b.leader.gpu))
+        begin(grown)
+        while not settled(grown):
+            yield c.env.timeout(1e-3)
+        seen["grown"] = (grown.capacity(), grown.g, sorted(len(x) for x in grown.held), a.state, b.state)
+
+    c.env.process(scenario())
+    c.run(reqs)
+    i0 = c.instances[0]
+    model, bb = i0.ctx.model, i0.layout.block_bytes
+    pools = [i.layout.kv_pool_bytes for i in c.instances]
+    pair = group_capacity_blocks(pools[:2], 4, model.weight_bytes_per_layer, bb)
+    four = group_capacity_blocks(pools, 4, model.weight_bytes_per_layer, bb)
+    assert seen["pairs"][:2] == (pair, pair)
+    assert seen["grown"] == (four, 4, [1, 1, 1, 1], "merged", "merged")
+    P = model.num_layers * model.weight_bytes_per_layer / bb
+    assert four - 2 * pair == pytest.approx(P, abs=2)
+    assert all(r.state == State.FINISHED and r.generated == r.output_tokens for r in reqs)
+    assert c.stats["kunserve_regroups"] == 1 and c.stats["kunserve_max_group"] == 4
 
 
 def test_triggers():

@@ -75,6 +75,7 @@ from sim.core.workload import (
 )
 from sim.cost.base import CostModel
 from sim.cost.roofline import RooflineCostModel
+from sim.engine.record_error import RecordError
 
 
 def load_scenario(path: str | Path, seed: int | None = None, trace: str | Path | None = None) -> "LoadedScenario":
@@ -284,6 +285,9 @@ class LoadedScenario:
                                     num_gpus=self.sc.hardware.num_gpus, router=self.sc.cluster.router,
                                     until_s=self.sc.until_s, timeline_max_spans=o.timeline_max_spans,
                                     detail_iterations=o.detail_iterations, sample_interval_s=o.sample_interval_s)
+        if self.sc.record_error is not None:
+            e = self.sc.record_error
+            args["record_error"] = RecordError(e.bias, e.noise, self.sc.seed)
         model: Any = self.model
         if self.gpu_models:  # one model per GPU, each with its own cost model
             if self.sc.hardware.profile is not None:

@@ -281,6 +281,14 @@ class ClusterConfig(_Strict):
     router: Literal["round-robin", "least-loaded"] = "round-robin"
 
 
+class RecordErrorConfig(_Strict):
+    """Executed kernel times stray from the cost model's (and so from Select-N's record): x (1 + bias) and
+    a per-iteration log-normal noise of mean 1 (`sim.engine.record_error`), seeded by the scenario's seed."""
+
+    bias: float = Field(default=0.0, ge=-0.5, le=1.0, description="systematic error, e.g. 0.1 = 10 % slower")
+    noise: float = Field(default=0.0, ge=0.0, le=1.0, description="log-sd of the per-iteration factor")
+
+
 class OutputConfig(_Strict):
     timeline_max_spans: int = Field(default=200_000, ge=0, le=10**9)
     detail_iterations: int = Field(default=20, ge=0, le=10**9, description="iterations per GPU recorded layer "
@@ -311,6 +319,8 @@ class Scenario(_Strict):
     compare: list[CompareEntry] = Field(default_factory=list)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     until_s: float | None = Field(default=None, gt=0, le=MAX_TIME_S, description="stop the simulation at this time")
+    record_error: RecordErrorConfig | None = Field(default=None, description="executed iteration times "
+                                                   "differ from the record's by this")
     experiments: list[FixedBatchExperiment] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     limits: Limits = Field(default_factory=Limits)

@@ -27,17 +27,23 @@ class Request:
         "id", "arrival_s", "prompt_tokens", "output_tokens", "ttft_slo_s", "tpot_slo_s", "instance",
         "state", "generated", "computed", "blocks", "host_blocks", "first_scheduled_s", "first_token_s",
         "last_token_s", "finish_s", "max_gap_s", "preemptions", "swaps", "reject_reason", "epoch",
-        "dec_k0", "dec_g0", "dec_kv0", "seg_k0", "admit_seq", "stall_until_s",
+        "dec_k0", "dec_g0", "dec_kv0", "seg_k0", "admit_seq", "stall_until_s", "max_tokens",
     )
 
     def __init__(self, rid: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
-                 ttft_slo_s: float = float("inf"), tpot_slo_s: float = float("inf")) -> None:
+                 ttft_slo_s: float = float("inf"), tpot_slo_s: float = float("inf"),
+                 max_tokens: int | None = None) -> None:
         if prompt_tokens < 1 or output_tokens < 1:
             raise ValueError(f"request {rid}: prompt and output must have >= 1 token")
+        if max_tokens is not None and max_tokens < output_tokens:
+            raise ValueError(f"request {rid}: max_tokens ({max_tokens}) below its output ({output_tokens})")
         self.id = rid
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
+        # the simulated ground truth: the engine reads it to know when the request ends; policies must not
+        # (they know ``max_tokens`` when the client sent one, and the distribution: `sim.core.lengths`)
         self.output_tokens = output_tokens
+        self.max_tokens = max_tokens
         self.ttft_slo_s = ttft_slo_s
         self.tpot_slo_s = tpot_slo_s
         self.instance = -1

@@ -25,6 +25,7 @@ from typing import Callable, Generator, Iterable, Literal, Protocol, Sequence
 import simpy
 
 from sim.core.hardware import HardwareSpec
+from sim.core.lengths import OutputLengths
 from sim.core.model import ModelSpec
 from sim.core.request import Request, State
 from sim.core.timeline import Timeline
@@ -34,6 +35,7 @@ from sim.engine.instance import Instance
 from sim.engine.link import Fabric, HostMemory
 from sim.engine.memory import EngineConfig
 from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.engine.record_error import RecordError
 from sim.engine.scheduler import Scheduler
 
 Progress = Callable[[float, int, int], None]  # (simulated time, requests done, requests total)
@@ -120,7 +122,11 @@ class Cluster:
                  policy_factory: Callable[[], OffloadPolicy], engine: EngineConfig | None = None,
                  num_gpus: int = 1, router: Literal["round-robin", "least-loaded"] = "round-robin",
                  timeline: Timeline | None = None, detail_iterations: int = 0,
-                 sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler) -> None:
+                 sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler,
+                 output_lengths: OutputLengths | None = None, record_error: RecordError | None = None) -> None:
+        """``output_lengths``: the output-length distribution the policies may know (default: a broad
+        prior, `OutputLengths.unknown`); ``record_error``: how executed kernel times stray from the cost
+        model's (`sim.engine.record_error`)."""
         if num_gpus < 1:
             raise ValueError(f"num_gpus must be >= 1, got {num_gpus}")
         if router not in ("round-robin", "least-loaded"):
@@ -153,13 +159,14 @@ class Cluster:
         self.buses = {b: Bus(b, hw.bus_bytes_per_s, tuple(ids), ranks) for b, ids in per_bus.items()}
         rates = link_rates(hw, ranks) if per > 1 or hw.root_is_narrower else ()
         self.instances: list[Instance] = []
+        lengths = output_lengths or OutputLengths.unknown()
         for i in range(n):
             gpus = tuple(range(i * per, (i + 1) * per))
             ctx = InstanceContext(models[i], hw, costs[i], self.engine, i, self.buses[gpus[0] // hw.gpus_per_bus],
-                                  gpus, rates)
+                                  gpus, rates, output_lengths=lengths)
             self.instances.append(Instance(self.env, ctx, policy_factory(), self.fabric,
                                            self.hosts[gpus[0] // hw.gpus_per_node], timeline, detail_iterations,
-                                           sample_interval_s, scheduler_class))
+                                           sample_interval_s, scheduler_class, record_error))
         # An instance is private when no other instance that ever moves data over the host link shares its
         # switches (or its root complexes, where those are modelled); then its iterations are timed in
         # closed form.

@@ -27,6 +27,7 @@ from sim.engine.link import Fabric, HostMemory
 from sim.engine.memory import EngineConfig, MemoryLayout
 from sim.engine.observation import InstanceObservation, IterationDelegate
 from sim.engine.policy import InstanceContext, OffloadPolicy
+from sim.engine.record_error import RecordError
 from sim.engine.sample import Sample
 from sim.engine.scheduler import ScheduledBatch, Scheduler
 
@@ -117,7 +118,8 @@ class Instance(HandlerHooks, InstanceObservation):
 
     def __init__(self, env: simpy.Environment, ctx: InstanceContext, policy: OffloadPolicy, fabric: Fabric,
                  host: HostMemory, timeline: Timeline | None = None, detail_iterations: int = 0,
-                 sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler) -> None:
+                 sample_interval_s: float = 0.25, scheduler_class: type[Scheduler] = Scheduler,
+                 record_error: RecordError | None = None) -> None:
         self.env, self.ctx, self.policy, self.fabric, self.host = env, ctx, policy, fabric, host
         self.index = ctx.index
         self.gpus = ctx.gpu_ids
@@ -176,6 +178,8 @@ class Instance(HandlerHooks, InstanceObservation):
         self.close_requested = False
         self.ended = False
         self._boundary: list[Callable[[Instance], None]] = []
+        # executed kernel times stray from the cost model's by this (None: they match it exactly)
+        self.time_error = record_error.stream(self.gpu) if record_error is not None and record_error.active else None
 
     # --- requests in ----------------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
@@ -184,6 +188,11 @@ class Instance(HandlerHooks, InstanceObservation):
         if need > self.max_blocks:
             req.reject(f"needs {need} KV blocks ({req.prompt_tokens}+{req.output_tokens} tokens); the pool "
                        f"holds at most {self.max_blocks}", self.env.now)
+            self._on_done(req)
+            return
+        reason = self.policy.on_arrival(self.view, req, self.env.now)
+        if reason:
+            req.reject(reason, self.env.now)
             self._on_done(req)
             return
         self.sched.add(req)
@@ -340,11 +349,15 @@ class Instance(HandlerHooks, InstanceObservation):
             plan = self.policy.plan_for(self.view, shape, now)
             if plan != self.plan:
                 promote = self.apply_plan(plan) or ()
+        # f: how far this iteration strays from the cost model (record error; 1: not at all). Kernels take
+        # f x their time and copies f x theirs (in closed form the link's rate is divided by f; on the shared
+        # fabric a copy's bytes are multiplied by f, so the bus counters include the error there)
+        f = self.time_error.next() if self.time_error is not None and not shape.is_empty else 1.0
         if shape.is_empty:
             compute_s = fixed_s = 0.0
         else:
-            compute_s = ctx.cost.layer_time(shape)
-            fixed_s = ctx.cost.fixed_time(shape)
+            compute_s = ctx.cost.layer_time(shape) * f
+            fixed_s = ctx.cost.fixed_time(shape) * f
         plan = self.plan
         tasks = compile_copies(plan, self.layer_bytes, promote) if (promote or plan.offloaded) else ()
         swaps = batch.swap_in_bytes > 0 or batch.swap_out_bytes > 0
@@ -357,19 +370,20 @@ class Instance(HandlerHooks, InstanceObservation):
         fab = self.fabric
         if not (link_work or swaps) or (self.private and not (link_work and swaps)
                                         and all(fab.idle(r) for r in self.routes)):
+            h2d, d2h = (self.h2d_rate, self.d2h_rate) if f == 1.0 else (self.h2d_rate / f, self.d2h_rate / f)
             swap_ready = None
             if swaps:
                 swap_ready = now
                 if batch.swap_in_bytes:
-                    swap_ready = max(swap_ready, (now + lat) + batch.swap_in_bytes / self.h2d_rate)
+                    swap_ready = max(swap_ready, (now + lat) + batch.swap_in_bytes / h2d)
                 if batch.swap_out_bytes:
-                    swap_ready = max(swap_ready, (now + lat) + batch.swap_out_bytes / self.d2h_rate)
+                    swap_ready = max(swap_ready, (now + lat) + batch.swap_out_bytes / d2h)
             passes = []
             t = now
-            for s, stage in enumerate(self.stages):
-                last = s == len(self.stages) - 1
-                tm = run_closed_form(t, plan, compute_s, tasks, self.h2d_rate, lat, fixed_s if last else 0.0,
-                                     self.layer_bytes, swap_ready if s == 0 else None, record)
+            for s_, stage in enumerate(self.stages):
+                last = s_ == len(self.stages) - 1
+                tm = run_closed_form(t, plan, compute_s, tasks, h2d, lat, fixed_s if last else 0.0,
+                                     self.layer_bytes, swap_ready if s_ == 0 else None, record)
                 if tm.copy_bytes:
                     for g in stage:
                         fab.account(fab.h2d_route(g), tm.copy_bytes, tm.copy_first_s, tm.copy_last_s, tag="weights")
@@ -378,20 +392,24 @@ class Instance(HandlerHooks, InstanceObservation):
             for g in self.gpus:
                 if batch.swap_in_bytes:
                     fab.account(fab.h2d_route(g), batch.swap_in_bytes, now,
-                                (now + lat) + batch.swap_in_bytes / self.h2d_rate, tag="swap_h2d")
+                                (now + lat) + batch.swap_in_bytes / h2d, tag="swap_h2d")
                 if batch.swap_out_bytes:
                     fab.account(fab.d2h_route(g), batch.swap_out_bytes, now,
-                                (now + lat) + batch.swap_out_bytes / self.d2h_rate, tag="swap_d2h")
+                                (now + lat) + batch.swap_out_bytes / d2h, tag="swap_d2h")
             timing = passes[0] if len(passes) == 1 else IterationTiming.chain(passes)
             yield env.timeout(timing.end_s - now)
         else:
             self.event_iterations += 1
-            swap_list = [("h2d", batch.swap_in_bytes), ("d2h", batch.swap_out_bytes)]
+            lb = self.layer_bytes
+            if f != 1.0:
+                lb = lb * f
+                tasks = compile_copies(plan, lb, promote) if tasks else ()
+            swap_list = [("h2d", batch.swap_in_bytes * f), ("d2h", batch.swap_out_bytes * f)]
             passes = []
-            for s, stage in enumerate(self.stages):
-                last = s == len(self.stages) - 1
+            for s_, stage in enumerate(self.stages):
+                last = s_ == len(self.stages) - 1
                 tm = yield from run_events(env, fab, stage, plan, compute_s, tasks, lat, fixed_s if last else 0.0,
-                                           self.layer_bytes, swap_list if s == 0 else (), record, self.gpus)
+                                           lb, swap_list if s_ == 0 else (), record, self.gpus)
                 passes.append(tm)
             timing = passes[0] if len(passes) == 1 else IterationTiming.chain(passes)
         return timing
@@ -399,6 +417,8 @@ class Instance(HandlerHooks, InstanceObservation):
     def _end_iteration(self, batch: ScheduledBatch, tm: IterationTiming) -> None:
         """Record the iteration, then run what waits for this boundary."""
         self.in_flight = False
+        if self.delegate is None and not batch.shape.is_empty:
+            self.policy.observe(self.view, batch.k, tm.end_s - tm.start_s)
         self._record(batch, tm)
         if self._boundary:
             hooks, self._boundary = self._boundary, []

@@ -9,11 +9,12 @@ It sees its instance only through an `EngineView` and its bus peers through the 
 from __future__ import annotations
 
 from abc import ABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sim.core.batch import BatchShape
 from sim.core.hardware import HardwareSpec
+from sim.core.lengths import OutputLengths
 from sim.core.model import ModelSpec
 from sim.core.offload_plan import OffloadPlan
 from sim.cost.base import CostModel
@@ -30,8 +31,10 @@ class InstanceContext:
     """What a policy may know about the instance it serves: the model one of its GPUs holds (the whole
     model, or one rank's slice under tensor / pipeline parallelism: `ModelSpec.shard`), the hardware, the
     cost model of that GPU's part of an iteration (collectives included), the engine settings, the
-    instance's index and GPUs, the upstream bus it shares with other instances, and the copy bandwidth one
-    of its GPUs gets from the host when 1, 2, ... of the bus's instances copy at once."""
+    instance's index and GPUs, the upstream bus it shares with other instances, the copy bandwidth one of
+    its GPUs gets from the host when 1, 2, ... of the bus's instances copy at once, and the distribution of
+    output lengths (`OutputLengths`: a request's own length is the simulated truth, which no policy may
+    read)."""
 
     model: ModelSpec
     hw: HardwareSpec
@@ -41,6 +44,7 @@ class InstanceContext:
     bus: Bus
     gpus: tuple[int, ...] = ()  # its GPUs, stage by stage (default: GPU ``index`` alone)
     link_rates: tuple[float, ...] = ()  # bytes/s per GPU at share m = 1, 2, ... (default: from hw)
+    output_lengths: OutputLengths = field(default_factory=OutputLengths.unknown)
 
     @property
     def gpu_ids(self) -> tuple[int, ...]:
@@ -93,6 +97,16 @@ class OffloadPolicy(ABC):
     def admit(self, view: EngineView, req: "Request", now: float) -> str | None:
         """None to admit; a reason string to reject the request for good; `sim.engine.scheduler.DEFER` to
         leave it (and the queue behind it) waiting for now."""
+        return None
+
+    def on_arrival(self, view: EngineView, req: "Request", now: float) -> str | None:
+        """Called when a request reaches this instance's queue: a reason to reject it at once (it cannot be
+        served in time), or None to queue it."""
+        return None
+
+    def observe(self, view: EngineView, step: int, duration_s: float) -> None:
+        """Called after every iteration this instance ran itself (``step``: its index) with how long it
+        took, so a policy may correct its predictions from what it observes."""
         return None
 
     def holds_back(self, view: EngineView) -> bool:

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from sim.engine.policy import InstanceContext, OffloadPolicy
 from sim.policies.flexgen import FlexGenSLO
+from sim.policies.goodput import Goodput
 from sim.policies.prefetch import GroupPrefetch
 from sim.policies.selectn.controller import SelectN
 from sim.policies.static import DeepSpeed, NoOffload, SelectNStatic, Uva
@@ -20,6 +21,7 @@ REGISTRY: dict[str, PolicyFactory] = {
     "selectn": SelectN,
     "flexgen": FlexGenSLO,
     "prefetch": GroupPrefetch,
+    "goodput": Goodput,
 }
 
 
@@ -38,4 +40,4 @@ def make_policy(kind: str, **params: Any) -> OffloadPolicy:
 
 
 __all__ = ["REGISTRY", "register", "make_policy", "OffloadPolicy", "InstanceContext", "NoOffload", "DeepSpeed",
-           "Uva", "SelectNStatic", "SelectN", "FlexGenSLO", "GroupPrefetch"]
+           "Uva", "SelectNStatic", "SelectN", "FlexGenSLO", "GroupPrefetch", "Goodput"]

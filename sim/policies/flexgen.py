@@ -15,10 +15,12 @@ into two staging buffers. When the PCIe side dominates, the pessimism makes it o
 (less host memory used, fewer KV blocks, smaller batches); when compute dominates, the optimism can make
 it offload more than the SLO allows. If no fraction meets the SLO, it takes the smallest that fits. The
 fraction never changes afterwards. Like FlexGen's fixed batch, it admits a request only when the KV pool
-holds it to the end alongside the running ones (it never preempts).
+holds it to the end alongside the running ones (it never preempts; the end is estimated, see below).
 
 SLO and target batch: from the parameters, else from the first request it sees (its TTFT and TPOT SLOs,
-its prompt, prompt + half its output as the decode context) and the engine's ``max_num_seqs`` as batch.
+its prompt, prompt + half the typical output of the workload as the decode context) and the engine's
+``max_num_seqs`` as batch. Output lengths come from the distribution the deployment knows
+(`sim.core.lengths.OutputLengths`), never from a request's own length.
 """
 
 from __future__ import annotations
@@ -118,15 +120,17 @@ class FlexGenSLO(OffloadPolicy):
     def admit(self, view: EngineView, req: "Request", now: float) -> str | None:
         if self.fraction is None:  # first request: choose once, before anything is allocated
             self._decide(self.batch_size or self.ctx.engine.max_num_seqs, self.prompt_tokens or req.prompt_tokens,
-                         self.context_tokens or req.prompt_tokens + req.output_tokens // 2,
+                         self.context_tokens or req.prompt_tokens + self.ctx.output_lengths.typical(req) // 2,
                          self.ttft_slo_s or req.ttft_slo_s, self.tpot_slo_s or req.tpot_slo_s)
             view.request_plan(self.plan_of(self.fraction))  # type: ignore[arg-type]
-        # a static batch: admit only what the pool holds to the end (FlexGen never preempts)
-        bs = self.ctx.engine.block_size
+        # a static batch: admit only what the pool will hold to the end (FlexGen never preempts); the end
+        # is estimated from the output-length distribution (a quantile of the batch's sum), not known
         running = [*view.decoding.values(), *view.prefilling]
         if running:
-            need = sum(-(-(r.prompt_tokens + r.output_tokens) // bs) for r in [*running, req])
-            if need > view.kv_total_blocks:
+            items = [(r, r.prompt_tokens + g, g) for r in running
+                     for g in (view.generated_now(r) if r.id in view.decoding else r.generated,)]
+            items.append((req, req.prompt_tokens + req.generated, req.generated))
+            if self.ctx.output_lengths.reserve_blocks(items, self.ctx.engine.block_size) > view.kv_total_blocks:
                 return DEFER
         return None
 

@@ -36,6 +36,7 @@ class KunServeParams:
     token_budget: int | None = None  # group iteration token budget (default: engine budget x group size)
     max_group: int | None = None
     plan_headroom: float = 1.0  # groups cover this multiple of their demand (> 1: room for a growing burst)
+    grow: bool = True  # an overloaded group grows or merges while the overload lasts (False: pairs stay pairs)
     host_copy: bool = True  # keep one copy of the layer weights in each node's host memory
     restore_from: Literal["auto", "host", "peer"] = "auto"  # auto: the faster for the hardware
     detail_steps: int = 20  # pipelined steps recorded stage by stage on the timeline

@@ -1,5 +1,8 @@
 """The KunServe controller: a SimPy process that samples the cluster every ``interval_s`` (0.5 s, the
-authors' constant), drops parameters when instances vote for it, and restores groups after the burst."""
+authors' constant), drops parameters when instances vote for it, grows a pipelined group that is still
+overloaded (it takes solo instances or merges with another group, sized to the demand it sees:
+`drop_plan`; ``grow``), and restores groups after the burst (a grown group splits back into solo
+instances)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generator
 
 import simpy
 
-from sim.handlers.kunserve.drop_plan import InstanceLoad, drop_plan
+from sim.handlers.kunserve.drop_plan import InstanceLoad, assign_slices, drop_plan
 from sim.handlers.kunserve.forming import begin
 from sim.handlers.kunserve.group import PipelineGroup
 from sim.handlers.kunserve.restore import restore
@@ -53,8 +56,38 @@ class Controller:
             votes += v
             loads.append(InstanceLoad(inst.index, d, cap, inst.layout.kv_pool_bytes, v,
                                       inst.gpu // self.hw.gpus_per_node))
+        if p.grow:  # a pipelined group still overloaded may grow (or merge with another) while it lasts
+            for grp in c.groups:
+                if grp.state == "pipelined" and not grp.unexchanged and grp.reserve == 0:
+                    v = grp.overloaded()
+                    votes += v
+                    loads.append(InstanceLoad(grp.leader.index, grp.demand_blocks(), grp.capacity_blocks(), 0.0, v,
+                                              grp.leader.gpu // self.hw.gpus_per_node, tuple(grp.indices),
+                                              tuple(grp.solo_pool)))
         if not votes:
             return
-        for gids in drop_plan(loads, self.model.num_layers, self.model.weight_bytes_per_layer, self.block_bytes,
-                              p.max_group, p.plan_headroom):
-            begin(PipelineGroup(c, [c.instances[g] for g in gids], p))
+        for ids in drop_plan(loads, self.model.num_layers, self.model.weight_bytes_per_layer, self.block_bytes,
+                             p.max_group, p.plan_headroom):
+            grp = self._group(ids)
+            if grp is not None:
+                begin(grp)
+
+    def _group(self, ids: tuple[int, ...]) -> PipelineGroup | None:
+        """The group the drop plan's units form: solo instances by index; units that include pipelined
+        groups in a stage order that gives each member a slice it holds (None if there is none)."""
+        c, L = self.cluster, self.model.num_layers
+        units = [c.unit_of[i] for i in ids]
+        if not any(isinstance(u, PipelineGroup) for u in units):
+            return PipelineGroup(c, [c.instances[i] for i in ids], self.params)
+        members, held = [], []
+        for u in units:
+            if isinstance(u, PipelineGroup):
+                members += u.members
+                held += [frozenset(h) for h in u.held]
+            else:
+                members.append(u)
+                held.append(frozenset(range(L)))
+        order = assign_slices(held, L)
+        if order is None:
+            return None
+        return PipelineGroup(c, [members[i] for i in order], self.params, ordered=True)

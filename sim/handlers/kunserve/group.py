@@ -28,6 +28,7 @@ from sim.engine.iteration import IterationTiming
 from sim.engine.queues import DemandQueue
 from sim.engine.sample import Sample
 from sim.handlers.kunserve.pipeline import StepWork, plan_step, stage_slices
+from sim.handlers.kunserve.placement import Placement, shares
 from sim.handlers.kunserve.trigger import DemandWindow, votes_to_drop
 
 if TYPE_CHECKING:
@@ -35,12 +36,20 @@ if TYPE_CHECKING:
     from sim.engine.scheduler import ScheduledBatch
 
 class PipelineGroup:
-    def __init__(self, cluster: "Cluster", members: list["Instance"], params: Any) -> None:
+    """``members`` in stage order (member r keeps slice r of `stage_slices`); default: by GPU. Members that
+    serve in another group now (a group that grows or merges: `sources`) keep only that group's slice, so
+    the order must give each a slice it holds (`drop_plan.assign_slices`)."""
+
+    def __init__(self, cluster: "Cluster", members: list["Instance"], params: Any,
+                 ordered: bool = False) -> None:
         self.cluster, self.env, self.params = cluster, cluster.env, params
-        self.members = sorted(members, key=lambda m: m.index)
-        self.leader = self.members[0]
+        self.members = list(members) if ordered else sorted(members, key=lambda m: m.index)
+        self.leader = min(self.members, key=lambda m: m.index)
         self.indices = [m.index for m in self.members]  # the member instances
         self.gpus = [g for m in self.members for g in m.gpus]  # all their GPUs
+        # members serving in another (pipelined) group now: this group grows out of it
+        self.sources: dict[int, PipelineGroup] = {m.index: u for m in self.members
+                                                  if isinstance(u := cluster.unit_of[m.index], PipelineGroup)}
         self.id = len(cluster.groups)
         cluster.groups.append(self)
         ctx = self.leader.ctx
@@ -56,14 +65,23 @@ class PipelineGroup:
         self.pool = list(self.solo_pool)
         self.weights = [m.layout.weights_bytes for m in self.members]
         self.held: list[set[int]] = [set(range(L)) for _ in self.members]
-        self.local = [0] * g  # blocks of requests whose KV sits entirely on member r
+        for r, m in enumerate(self.members):
+            src = self.sources.get(m.index)
+            if src is not None:
+                self.held[r] = set(src.held[src.members.index(m)])
+            if not set(range(*self.slices[r])) <= self.held[r]:
+                raise ValueError(f"gpu{m.gpu} does not hold layers {self.slices[r]} it would keep")
+        self.local = [0.0] * g  # blocks (of all layers) of the not-spread requests' KV on member r
+        self.local_total = 0  # blocks of the requests whose KV is not spread as this group keeps it
         self.extra = [0.0] * g  # blocks reserved on member r by moves in flight
         self.reserve = 0  # blocks kept from admission for the next move
         self.state = "forming"  # -> pipelined -> (reclaiming -> restoring -> converting) -> split | ended
-        # requests out of the scheduler while their KV moves: not yet exchanged after the drop (local to
-        # their origin until their exchange completes; ``exchanging`` are the ones moving now), being
-        # gathered to their home before a restore (``inflight``: still spread), gathered (local to home)
-        self.unexchanged: dict[int, tuple[Request, str, int]] = {}  # id -> (request, kind, origin)
+        #                                      -> merged (into a larger group)
+        # requests out of the scheduler while their KV moves: not yet exchanged after the drop (placed as
+        # they ran before it -- on one member, or spread as the group this one grew from kept it -- until
+        # their exchange completes; ``exchanging`` are the ones moving now), being gathered to their home
+        # before a restore (``inflight``: still spread), gathered (local to home)
+        self.unexchanged: dict[int, tuple[Request, str, Placement]] = {}  # id -> (request, kind, placement)
         self.exchanging: set[int] = set()
         self.inflight: dict[int, tuple[Request, str, int]] = {}  # id -> (request, kind, home)
         self.converted: dict[int, tuple[Request, str, int]] = {}  # id -> (request, kind, home)
@@ -110,14 +128,22 @@ class PipelineGroup:
     # --- per-GPU memory ---------------------------------------------------------------------------------
     def kv_blocks_on(self, r: int) -> float:
         """KV on member r, in blocks of all layers."""
-        spread = self.leader.bm.used - sum(self.local)
+        spread = self.leader.bm.used - self.local_total
         return self.f[r] * spread + self.local[r] + self.extra[r]
 
     def capacity(self, pool: list[float] | None = None) -> int:
         pool = pool or self.pool
-        loc = sum(self.local)
+        loc = self.local_total
         return min(math.floor(loc + (pool[r] / self.bb - self.local[r] - self.extra[r]) / self.f[r] + 1e-9)
                    for r in range(self.g))
+
+    def place(self, blocks: int, p: Placement, sign: int = 1) -> None:
+        """Count (sign 1) or stop counting (-1) a not-spread request's KV, placed as ``p``."""
+        for r, x in enumerate(shares(p, self.g, self.L)):
+            self.local[r] += sign * x * blocks
+            if abs(self.local[r]) < 1e-6:
+                self.local[r] = 0.0
+        self.local_total += sign * blocks
 
     def update_capacity(self) -> None:
         bm = self.leader.bm
@@ -207,7 +233,8 @@ class PipelineGroup:
             m.bm.allocate(req.blocks)
             m.put_running(req, kind)
         self.converted.clear()
-        self.local = [0] * self.g
+        self.local = [0.0] * self.g
+        self.local_total = 0
         self.cluster.set_unit(self.indices, None)
         for req in sorted(waiting, key=lambda q: (q.arrival_s, q.id)):
             self.cluster.route(req).enqueue(req)
@@ -234,8 +261,9 @@ class PipelineGroup:
             group=self.id, stages=self.g, kv_capacity_tokens=self.f[r] * total * lead.bm.block_size)
 
     def sample_followers(self, lead: "Instance", shape: Any, iteration_s: float) -> None:
-        for m in self.members[1:]:
-            m.samples.append(self.sample_row(m, shape, iteration_s))
+        for m in self.members:
+            if m is not lead:
+                m.samples.append(self.sample_row(m, shape, iteration_s))
 
     def layers_covered(self) -> bool:
         return set().union(*self.held) == set(range(self.L))
@@ -254,8 +282,15 @@ class PipelineGroup:
         moved = [*self.unexchanged.values(), *self.inflight.values(), *self.converted.values()]
         held += sum(req.blocks for req, _k, _o in moved)
         assert held == bm.used, f"group {self.id}: blocks held ({held}) != in use ({bm.used})"
-        loc = [0] * self.g
-        for req, _k, o in [*self.unexchanged.values(), *self.converted.values()]:
-            loc[o] += req.blocks
-        assert loc == self.local, f"group {self.id}: local blocks {loc} != {self.local}"
+        loc = [0.0] * self.g
+        total = 0
+        for req, _k, p in self.unexchanged.values():
+            for r, x in enumerate(shares(p, self.g, self.L)):
+                loc[r] += x * req.blocks
+            total += req.blocks
+        for req, _k, h in self.converted.values():
+            loc[h] += req.blocks
+            total += req.blocks
+        assert total == self.local_total, f"group {self.id}: local blocks {total} != {self.local_total}"
+        assert all(abs(a - b) < 1e-6 for a, b in zip(loc, self.local)), f"group {self.id}: {loc} != {self.local}"
         assert self.exchanging <= set(self.unexchanged)

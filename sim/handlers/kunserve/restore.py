@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Generator, Literal, Sequence
 import simpy
 
 from sim.core.hardware import HardwareSpec
+from sim.handlers.kunserve.placement import whole
 
 if TYPE_CHECKING:
     from sim.handlers.kunserve.group import PipelineGroup
@@ -52,7 +53,7 @@ def restore(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
     env, c, lead = grp.env, grp.cluster, grp.leader
     t0 = env.now
     grp.state = "reclaiming"
-    c.mark(grp.gpus, f"restore-start g={grp.g}")
+    c.mark(grp.indices, f"restore-start g={grp.g}")
     # 1. reclaim the blocks the dropped layers will need
     while True:
         cap_solo = grp.capacity(grp.solo_pool)
@@ -63,7 +64,7 @@ def restore(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
             grp.update_capacity()
             grp.state = "pipelined"
             grp.window.clear()
-            c.mark(grp.gpus, "cancel restore")
+            c.mark(grp.indices, "cancel restore")
             return
         grp.reserve = max(0, grp.capacity() - cap_solo)
         grp.update_capacity()
@@ -124,7 +125,7 @@ def restore(grp: "PipelineGroup") -> Generator[simpy.Event, object, None]:
             grp.extra[h] -= (1 - grp.f[h]) * req.blocks
             if abs(grp.extra[h]) < 1e-6:
                 grp.extra[h] = 0.0
-            grp.local[h] += req.blocks
+            grp.place(req.blocks, whole(grp.L, h))
             grp.converted[rid] = (req, kind, h)
         grp.update_capacity()
     c.count("kunserve_restore_s", env.now - t0)

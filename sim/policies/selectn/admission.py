@@ -1,7 +1,8 @@
 """Select-N's admission check: a request is admitted only if the fastest plan that holds the KV of the
 batch it would join meets its TTFT and TPOT; if it would meet them alone it waits (`DEFER`), otherwise it
 is rejected with the SLO and the predicted time in the reason -- it is never admitted to be served late.
-Output lengths are taken as known (a real engine would reserve ``max_tokens``)."""
+Output lengths are not known: the KV a request will hold by its end and the decode context it runs at
+come from the output-length distribution (`sim.core.lengths.OutputLengths`), or its ``max_tokens``."""
 
 from __future__ import annotations
 
@@ -79,11 +80,13 @@ class SelectNAdmission(SelectNState):
         # TPOT: the decode batch it joins, at each request's mean context over its life
         tpot = min([req.tpot_slo_s] + [r.tpot_slo_s for r in running])
         if tpot < INF:
-            ctx_sum = sum(r.prompt_tokens + r.output_tokens // 2 for r in running)
-            dec = BatchShape(0, 0, 0.0, 0, len(running) + 1, ctx_sum + req.prompt_tokens + req.output_tokens // 2)
+            # (each request's typical output from the distribution: its own length is not known)
+            half = {r.id: self.lengths.typical(r) // 2 for r in (*running, req)}
+            ctx_sum = sum(r.prompt_tokens + half[r.id] for r in running)
+            dec = BatchShape(0, 0, 0.0, 0, len(running) + 1, ctx_sum + req.prompt_tokens + half[req.id])
             t_dec = float(self._predict(dec)[s, j])
             if t_dec > tpot:
-                one = BatchShape.decode_batch(1, req.prompt_tokens + req.output_tokens // 2)
+                one = BatchShape.decode_batch(1, req.prompt_tokens + half[req.id])
                 t_alone = float(self._predict(one)[0, alone_j])
                 if running and t_alone <= req.tpot_slo_s:
                     return DEFER

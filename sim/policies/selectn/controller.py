@@ -8,12 +8,15 @@ Each iteration the controller
 2. checks the requests' remaining SLO budgets:
    - prefilling requests: TTFT deadline minus now (time already spent waiting counts), split over the
      chunks still to go;
-   - decoding requests: mean-TPOT pacing. A request with R tokens to go must finish by first token +
-     (output-1) x TPOT, so interval i is fine for it if T_i x R + switch cost <= time left;
+   - decoding requests: mean-TPOT pacing. A request with g tokens and R to go must finish by first token +
+     (g + R - 1) x TPOT, so interval i is fine for it if T_i x R + switch cost <= time left. R is not
+     known (no engine knows output lengths): it is checked at the (1-q)- and q-quantiles of the remaining
+     tokens given g, from the output-length distribution (`state.SelectNState._tpot_slack`);
    - a prefill iteration that moves away from the decode plan also charges the way back to the requests
      that will decode next (amortised over their remaining tokens);
-3. keeps the intervals whose pool holds the KV that the running requests will need by their end (so
-   decode growth never preempts) and -- through the per-bus coordinator (`coordinator.py`) when GPUs share a
+3. keeps the intervals whose pool holds the KV that the running requests will likely need by their end
+   (a quantile of the sum of their remaining lengths: `sim.core.lengths.OutputLengths.reserve_blocks`;
+   KV grows on demand, and if a request outlives the estimate the engine preempts as vLLM does) and -- through the per-bus coordinator (`coordinator.py`) when GPUs share a
    bus -- picks the one that keeps the most weight bytes in host memory while meeting every budget;
 4. applies hysteresis: moving to a smaller interval (more offload) waits until that choice repeats for
    ``hysteresis`` iterations; moving to a larger one when needed to meet the SLO happens at once. Prefill
@@ -22,6 +25,11 @@ Each iteration the controller
 Staging: an offloaded layer lands in one whole-layer buffer (the paper's) or, with ``staging_chunks`` > 1, in
 pieces through ``staging_slots`` one-piece slots (`OffloadPlan.select_n`); the record is built for that
 staging, so its times, pools and i_max already include it.
+
+With ``correct`` (not the paper's; off by default) the record's predictions are scaled by a running
+geometric mean of executed / predicted iteration time (`state.SelectNState.observe`), for a record that
+is wrong by a bias the profile did not see (`sim.engine.record_error`) -- upward only unless
+``correct_down``: with a record that is too slow, Select-N's objective would spend the margin on offloading.
 
 Admission: `admission.SelectNAdmission`; state, predictions and memory checks: `state.SelectNState`.
 """
@@ -96,6 +104,7 @@ class SelectN(SelectNAdmission):
         status.uses_link_now = bool(self.pcie[jn] or n_prom[jn] or swap)
         status.solo = status.uses_link_now and s_loc == 0 and self.ctx.bus.shared
         status.busy_until = now + float(T[s_loc, jn] + S[s_loc, jn])
+        self._expect_iteration(view.step, new, s_loc, shape, bool(n_prom[jn] or swap))
         self.state[kind] = new
         self.iterations[(kind, new)] += 1
         if len(self.log) < self.log_limit:
@@ -156,9 +165,11 @@ class SelectN(SelectNAdmission):
             if req.ttft_slo_s < INF and req.first_token_s is None:
                 iters = max(1, math.ceil(left / max(chunk, 1))) if left > chunk else 1
                 budget = min(budget, (req.arrival_s + req.ttft_slo_s - now) / iters)
-            if left <= chunk and req.output_tokens - req.generated > 1 and req.tpot_slo_s < INF:
+            # it decodes next unless it may end with this token (its own length is not known: the
+            # distribution's low quantile of what remains amortises the way back)
+            if left <= chunk and req.tpot_slo_s < INF and self.lengths.may_continue(req, req.generated + 1):
                 tpot_next = min(tpot_next, req.tpot_slo_s)
-                rem_next = min(rem_next, req.output_tokens - req.generated - 1)
+                rem_next = min(rem_next, self.lengths.remaining(req, req.generated + 1, self.q_lo))
         if budget < INF:
             V = np.maximum(V, T + S - budget)
         if len(slack_a) or tpot_next < INF:

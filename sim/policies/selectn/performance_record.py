@@ -209,6 +209,12 @@ class PerformanceRecord:
         self._times_cache[key] = out
         return out
 
+    def time_at(self, interval: int, layer_s: float, fixed_s: float, share: int = 0) -> float:
+        """Iteration time at one interval (1..L+1) for these layer and fixed times (uncached)."""
+        j = interval - 1
+        return run_closed_form(0.0, self.plans[j], layer_s, self._tasks[j], self.rates[share], self.latency_s,
+                               fixed_s, self.layer_bytes).end_s
+
     def pool_bytes(self) -> np.ndarray:
         """GPU bytes left for KV under each interval."""
         return self.meta["usable_bytes"] - self.meta["workspace_bytes"] - self.gpu_weight_bytes

@@ -30,9 +30,17 @@ class SelectNState(OffloadPolicy):
 
     def __init__(self, hysteresis: int = 3, min_interval: int = 1, record: str | None = None,
                  coordinate: bool = True, admission: bool = True, separate_phases: bool = True,
-                 log_limit: int = 10_000, staging_chunks: int = 1, staging_slots: int = 2) -> None:
+                 log_limit: int = 10_000, staging_chunks: int = 1, staging_slots: int = 2,
+                 correct: bool = False, correct_rate: float = 0.05, reserve_quantile: float = 0.5,
+                 correct_down: bool = False) -> None:
         """``staging_chunks`` > 1 streams each offloaded layer in that many pieces through ``staging_slots``
-        slots of one piece (`OffloadPlan.select_n`): less staging memory (more KV), less copy hidden."""
+        slots of one piece (`OffloadPlan.select_n`): less staging memory (more KV), less copy hidden.
+        ``correct``: scale the record's kernel times by what the executed iterations show (the paper's
+        controller trusts its record: off by default); ``correct_rate``: how fast the scale follows;
+        ``correct_down``: also scale below 1 when execution is faster than the record (off: Select-N would
+        spend the margin on offloading more, its objective, which costs attainment -- README, record error).
+        ``reserve_quantile``: the quantile of the running requests' summed remaining output that the KV
+        reservation covers (0.5: their expected end; output lengths are not known, see `_reserved`)."""
         if hysteresis < 1:
             raise ValueError(f"hysteresis must be >= 1, got {hysteresis}")
         if staging_chunks < 1 or (staging_chunks > 1 and not 1 <= staging_slots <= staging_chunks):
@@ -46,6 +54,12 @@ class SelectNState(OffloadPolicy):
         self.admission = admission
         self.separate_phases = separate_phases
         self.log_limit = log_limit
+        if not 0 < correct_rate <= 1:
+            raise ValueError(f"correct_rate must be in (0, 1], got {correct_rate}")
+        self.correct, self.correct_rate, self.correct_down = correct, correct_rate, correct_down
+        if not 0 < reserve_quantile < 1:
+            raise ValueError(f"reserve_quantile must be in (0, 1), got {reserve_quantile}")
+        self.reserve_quantile = reserve_quantile
 
     # --- set-up -------------------------------------------------------------------------------------
     def setup(self, ctx: InstanceContext) -> None:
@@ -81,6 +95,11 @@ class SelectNState(OffloadPolicy):
         self.rates = np.array(rec.rates)
         self.bs = ctx.engine.block_size
         self.lb = rec.layer_bytes
+        self.lengths = ctx.output_lengths  # output lengths as a distribution (no request's own length)
+        self.q_lo = 1.0 - self.lengths.q
+        # self-correction (`observe`): executed / predicted kernel time, kept as a running (geometric) mean
+        self.time_scale = 1.0
+        self._expect: tuple[int, int, int, BatchShape] | None = None  # (step, interval, share, shape)
         self.state: dict[str, int | None] = {"prefill": None, "decode": None}
         self.pending: dict[str, list] = {"prefill": [None, 0], "decode": [None, 0]}
         self.iterations: Counter = Counter()  # (kind, interval) -> iterations run with it
@@ -124,24 +143,59 @@ class SelectNState(OffloadPolicy):
             n = self._promote[key] = len(cur_off - self.off[j])
         return n
 
+    def _learned(self) -> float:
+        """The learned executed / predicted ratio, on a 1 % grid (so the record's time cache keeps hitting)."""
+        return round(self.time_scale, 2) if self.correct else 1.0
+
+    def _scale(self) -> float:
+        """The correction the predictions use: the learned ratio, or at least 1 unless ``correct_down``."""
+        k = self._learned()
+        return k if self.correct_down else max(k, 1.0)
+
     def _predict(self, shape: BatchShape) -> np.ndarray:
-        """Conservative time (shares x candidates); beyond the record's grid, the cost model's time."""
+        """Conservative time (shares x candidates); beyond the record's grid, the cost model's time. With
+        ``correct``, scaled by what execution has shown (`observe`)."""
         b = self.rec.bound(shape)
         if b is None:
             c = self.rec.cost or self.ctx.cost
             b = (c.layer_time(shape), c.fixed_time(shape))
-        return np.array([self.rec.times(b[0], b[1], s) for s in range(self.shares)])[:, self.col]
+        T = np.array([self.rec.times(b[0], b[1], s) for s in range(self.shares)])[:, self.col]
+        k = self._scale()
+        return T * k if k != 1.0 else T
+
+    def _expect_iteration(self, step: int, interval: int, share: int, shape: BatchShape, moves: bool) -> None:
+        """Remember what the iteration about to run is (for `observe` to compare with what it took); one
+        that also promotes layers or swaps KV is not compared (the record does not time those)."""
+        if self.correct:
+            self._expect = None if moves else (step, interval, share, shape)
+
+    def observe(self, view: EngineView, step: int, duration_s: float) -> None:
+        """Self-correction: compare the iteration's time with the record's prediction for its exact shape
+        (the executor on the shape itself, not the rounded-up bound) times the current scale, and move the
+        scale by ``correct_rate`` of the log-ratio: a running geometric mean of observed / predicted, which
+        settles where the scaled record matches execution."""
+        e, self._expect = self._expect, None
+        if e is None or e[0] != step or duration_s <= 0:
+            return
+        _, interval, share, shape = e
+        c = self.rec.cost or self.ctx.cost
+        pred = self.rec.time_at(interval, c.layer_time(shape), c.fixed_time(shape), share) * self._learned()
+        if pred > 0:
+            ratio = min(max(duration_s / pred, 0.5), 2.0)
+            self.time_scale = min(max(self.time_scale * ratio ** self.correct_rate, 0.5), 3.0)
+
+    def _tokens_now(self, view: EngineView, r: "Request") -> tuple[int, int]:
+        """(tokens whose KV the request holds or is about to, tokens generated) for a running request."""
+        g = view.generated_now(r) if r.id in view.decoding else r.generated
+        return r.prompt_tokens + g, g
 
     def _reserved(self, view: EngineView, extra: "Request | None" = None) -> int:
-        """KV blocks the running requests (and ``extra``) need by their end."""
-        bs, tot = self.bs, 0
-        for r in view.decoding.values():
-            tot += -(-(r.prompt_tokens + r.output_tokens) // bs)
-        for r in view.prefilling:
-            tot += -(-(r.prompt_tokens + r.output_tokens) // bs)
+        """KV blocks the running requests (and ``extra``) will hold by their end, from the output-length
+        distribution (a quantile of the sum; `OutputLengths.reserve_blocks`)."""
+        items = [(r, *self._tokens_now(view, r)) for r in (*view.decoding.values(), *view.prefilling)]
         if extra is not None:
-            tot += -(-(extra.prompt_tokens + extra.output_tokens) // bs)
-        return tot
+            items.append((extra, extra.prompt_tokens + extra.generated, extra.generated))
+        return self.lengths.reserve_blocks(items, self.bs, self.reserve_quantile)
 
     def _mem_ok(self, view: EngineView) -> np.ndarray:
         """Candidates whose pool holds the running requests' KV to their end (else: the next step's)."""
@@ -154,20 +208,26 @@ class SelectNState(OffloadPolicy):
         return self.blocks >= 0
 
     def _reserved_one(self, req: "Request") -> int:
-        return -(-(req.prompt_tokens + req.output_tokens) // self.bs)
+        return self.lengths.reserve_blocks([(req, req.prompt_tokens + req.generated, req.generated)], self.bs,
+                                           self.reserve_quantile)
 
     def _label(self, interval: int) -> str:
         return "nothing offloaded" if interval > self.L else f"interval {interval}"
 
-    @staticmethod
-    def _tpot_slack(view: EngineView, now: float) -> tuple[list[float], list[int]]:
-        """For each decoding request with a TPOT SLO: the slack to its mean-TPOT deadline (first token +
-        (output - 1) x TPOT) and the tokens it still has to generate."""
+    def _tpot_slack(self, view: EngineView, now: float) -> tuple[list[float], list[int]]:
+        """Mean-TPOT pacing without knowing output lengths. A decoding request with g tokens and R still to
+        come must end by first token + (g + R - 1) x TPOT; interval i is fine for it if T_i x R fits the
+        slack to that deadline. R is unknown, and the constraint is linear in R, so it is checked at both
+        ends of the likely range: the (1-q)- and q-quantiles of the remaining tokens given g (`OutputLengths`).
+        Returns the constraints as (slack, R) pairs, two per request with a TPOT SLO."""
         slack, rem = [], []
+        lengths, q_lo = self.lengths, self.q_lo
         for r in view.decoding.values():
             if r.tpot_slo_s < INF and r.first_token_s is not None:
-                slack.append(r.first_token_s + (r.output_tokens - 1) * r.tpot_slo_s - now)
-                rem.append(max(r.output_tokens - view.generated_now(r), 1))
+                g = view.generated_now(r)
+                for R in sorted({lengths.remaining(r, g, q_lo), lengths.remaining(r, g)}):
+                    slack.append(r.first_token_s + (g + R - 1) * r.tpot_slo_s - now)
+                    rem.append(R)
         return slack, rem
 
     # --- reporting ----------------------------------------------------------------------------------
