@@ -250,3 +250,15 @@ def test_engine_invariants_with_tp_and_pp(reqs, tp, pp, instances, preemption, p
         assert inst.bm.used == 0
         assert all(a <= b for a, b in zip(inst.sched.iter_end, inst.sched.iter_end[1:]))
     assert res.hosts[0].by_kind.get("kv_swap", 0.0) == pytest.approx(0.0)
+
+
+def test_a_request_over_the_context_is_refused_by_its_instance_under_tp():
+    """The front end refuses a request longer than max_model_len whichever instance it was routed to: with
+    two TP-2 instances the second one's id is 1 (its first GPU is 2)."""
+    cfg = EngineConfig(tensor_parallel_size=2, max_num_batched_tokens=256, max_num_seqs=8, max_model_len=200)
+    c = tp_cluster(2, instances=2, cfg=cfg)
+    reqs = [Request(0, 0.0, 100, 50), Request(1, 0.001, 150, 100), Request(2, 0.002, 20, 5)]
+    c.run(reqs)
+    assert reqs[1].state == State.REJECTED and "exceed the context of 200 tokens" in reqs[1].reject_reason
+    assert reqs[1].instance == 1 and c.instances[1].gpus == (2, 3)
+    assert reqs[0].state == reqs[2].state == State.FINISHED

@@ -270,7 +270,7 @@ class Cluster:
             if limit is not None and req.prompt_tokens + req.output_tokens > limit:
                 # the serving engine's front end refuses it (vLLM: "maximum context length is ... tokens"),
                 # whatever the unit: it is never queued, so no path can serve it
-                self.instances[unit.gpu].refuse(req, f"prompt + output ({req.prompt_tokens}+{req.output_tokens} "
+                self.instances[unit.index].refuse(req, f"prompt + output ({req.prompt_tokens}+{req.output_tokens} "
                                                 f"tokens) exceed the context of {limit} tokens (max_model_len)")
                 continue
             unit.enqueue(req)

@@ -200,7 +200,7 @@ class Instance(HandlerHooks, InstanceObservation):
 
     def refuse(self, req: Request, reason: str) -> None:
         """Reject a request on arrival, before any queue (e.g. longer than the model's context)."""
-        req.instance = self.gpu
+        req.instance = self.index
         req.reject(reason, self.env.now)
         self._on_done(req)
 

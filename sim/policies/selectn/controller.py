@@ -65,11 +65,13 @@ class SelectN(SelectNAdmission):
         S = np.repeat((n_prom * per_copy[-1])[None, :], self.shares, axis=0)
         V = self._violations(view, shape, now, kind, T, S, per_copy, mem_ok)  # (shares, cands)
         idle, busy, queued = bus_others(self.ctx, self.shares)
+        ranks = self.ctx.bus.ranks  # a tensor-parallel instance puts this many GPUs under the switch
         cands = [IntervalCandidate(self.cands[j], float(self.host[j]), bool(self.pcie[j] or n_prom[j] or swap),
                                    tuple(bool(V[s, j] <= 0) for s in range(self.shares)),
-                                   # bytes/s over the time the iteration takes, its switch (the promotions) included
+                                   # bytes/s over the time the iteration takes, its switch (the promotions) included,
+                                   # from each of the instance's GPUs under the switch
                                    tuple(float((self.pcie[j] + n_prom[j] * self.lb + swap) / (T[s, j] + S[s, j]))
-                                         for s in range(self.shares)))
+                                         * ranks for s in range(self.shares)))
                  for j in range(len(self.cands)) if mem_ok[j]] if self.coord is not None else []
         # peers with queued work start copying as soon as they are admitted: plan with them if possible;
         # if no plan then meets the budgets, keep them waiting (they hold back while this GPU runs solo)
