@@ -39,7 +39,7 @@ from sim import __version__
 from sim.config.fixed_batch import FixedBatchExperiment, FixedBatchRow, write_rows
 from sim.config.scenario import ScenarioError, load_experiment_file
 from sim.core.timeline import Timeline
-from sim.output.files import OutputError, OutputExists, prepare_out_dir, remove_if_empty, write_atomic
+from sim.output.files import OutputError, OutputExists, out_dir_refused, prepare_out_dir, remove_if_empty, write_atomic
 from sim.output.interrupts import Interrupts
 
 from .executor import IterationRecord, OffloadExecutor
@@ -174,12 +174,8 @@ def cli(argv: list[str] | None = None) -> int:
         except ScenarioError as e:
             print(str(e), file=sys.stderr)
             return 2
-        except OutputExists as e:
-            print(f"{e}; use --force to replace its files, or another --out", file=sys.stderr)
-            return 2
-        except OutputError as e:
-            print(str(e), file=sys.stderr)
-            return 1
+        except (OutputExists, OutputError) as e:
+            return out_dir_refused(e)
         except KeyboardInterrupt as e:
             sig.received(e)
             print(f"{sig.word} before anything was measured: nothing written", file=sys.stderr)

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None, sig: Interrupts) -> int:
     args = _parser().parse_args(argv)
     from sim.config.scenario import ScenarioError, load_scenario
-    from sim.output.files import OutputError, OutputExists, prepare_out_dir, remove_if_empty
+    from sim.output.files import OutputError, OutputExists, out_dir_refused, prepare_out_dir, remove_if_empty
 
     path = Path(args.scenario)
     try:
@@ -180,12 +180,8 @@ def _main(argv: list[str] | None, sig: Interrupts) -> int:
     out = Path(args.out) if args.out else default_out_dir(loaded.name)
     try:  # before simulating: a bad --out costs no work
         created = prepare_out_dir(out, force=args.force)
-    except OutputExists as e:
-        print(f"{e}; use --force to replace its files, or another --out", file=sys.stderr)
-        return 2
-    except OutputError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    except (OutputExists, OutputError) as e:
+        return out_dir_refused(e)
     specs = loaded.policies()
     names = [s.label for s in specs]
     kw: dict[str, Any] = {}

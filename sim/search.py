@@ -134,13 +134,13 @@ def run_point(item: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def build_items(sc: LoadedScenario, cfg: SearchConfig) -> list[dict[str, Any]]:
-    mixes = [(m.name, sc._length(m.prompt, "prompt", f"search.mixes.{k}.prompt"),
-              sc._length(m.output, "output", f"search.mixes.{k}.output"), m.rates_per_s or cfg.rates_per_s)
+    mixes = [(m.name, sc.length_dist(m.prompt, "prompt", f"search.mixes.{k}.prompt"),
+              sc.length_dist(m.output, "output", f"search.mixes.{k}.output"), m.rates_per_s or cfg.rates_per_s)
              for k, m in enumerate(cfg.mixes)]
     if not mixes:
         w = sc.sc.workload
-        mixes = [("scenario", sc._length(w.prompt, "prompt", "workload.prompt"),
-                  sc._length(w.output, "output", "workload.output"), cfg.rates_per_s)]
+        mixes = [("scenario", sc.length_dist(w.prompt, "prompt", "workload.prompt"),
+                  sc.length_dist(w.output, "output", "workload.output"), cfg.rates_per_s)]
     seed = sc.sc.seed if cfg.seed is None else cfg.seed
     levels = _levels(sc, cfg)
     items = []
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, sig: Any) -> int:
-    from sim.output.files import OutputError, OutputExists, prepare_out_dir, remove_if_empty, write_atomic
+    from sim.output.files import (OutputError, OutputExists, out_dir_refused, prepare_out_dir, remove_if_empty,
+                                  write_atomic)
     from sim.output.run_folder import default_out_dir
 
     ap = argparse.ArgumentParser(prog="python -m sim.search", description=__doc__.split("\n\n")[0])
@@ -270,12 +271,8 @@ def _main(argv: list[str] | None, sig: Any) -> int:
     out = Path(args.out) if args.out else default_out_dir(f"search-{sc.name}")
     try:  # before the sweep: a bad --out costs no work
         created = prepare_out_dir(out, force=args.force)
-    except OutputExists as e:
-        print(f"{e}; use --force to replace its files, or another --out", file=sys.stderr)
-        return 2
-    except OutputError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    except (OutputExists, OutputError) as e:
+        return out_dir_refused(e)
     try:
         ex = make_executor(args.workers, ray=args.ray)
         workers = ex.workers  # a Ray pool connects here, so a missing Ray or a bad address fails before the work

@@ -1,4 +1,4 @@
-"""The sweep pools (`sim.pools`, `sim.sweep_ray`) give the same results as running the items in-process:
+"""The sweep pools (`sim.pools.local`, `sim.pools.ray_pool`) give the same results as running the items in-process:
 ``map`` in input order, ``imap_unordered`` every index once with its own result, and fn's exceptions
 propagate with their own type. Ray runs on a local two-CPU instance (skipped where Ray is not installed)."""
 

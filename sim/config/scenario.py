@@ -49,7 +49,7 @@ from sim.config.schema import (  # noqa: F401 -- re-exported: the schema's publi
     TraceConfig,
     UniformLength,
     WorkloadConfig,
-    _format,
+    format_validation_error,
 )
 from sim.core.batch import BatchShape
 from sim.core.hardware import HardwareSpec, HardwareSpecError
@@ -95,7 +95,7 @@ def load_scenario(path: str | Path, seed: int | None = None, trace: str | Path |
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
-        raise ScenarioError(_format(path, e)) from None
+        raise ScenarioError(format_validation_error(path, e)) from None
     if seed is not None:
         sc = sc.model_copy(update={"seed": seed})
     return LoadedScenario(path, sc)
@@ -203,7 +203,9 @@ class LoadedScenario:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise self._err("hardware.profile", msg if len(msg) <= 300 else msg[:300] + "...") from None
 
-    def _length(self, cfg: Any, which: str, where: str):
+    def length_dist(self, cfg: Any, which: str, where: str):
+        """The length distribution a workload's ``prompt``/``output`` block describes, resolved against this
+        scenario's folder; errors name ``where`` (e.g. ``workload.prompt``)."""
         return length_dist(cfg, which, self.resolve_path, lambda msg: self._err(f"{where}.trace", msg), self.notes)
 
     def _requests(self) -> RequestSet:
@@ -233,8 +235,8 @@ class LoadedScenario:
         arr = (Poisson(a.rate_per_s) if isinstance(a, PoissonArrivals) else
                Gamma(a.rate_per_s, a.cv) if isinstance(a, GammaArrivals) else
                Constant(a.rate_per_s) if isinstance(a, ConstantArrivals) else Batch(a.count, a.at_s))  # type: ignore[union-attr]
-        return SyntheticWorkload(arr, self._length(w.prompt, "prompt", "workload.prompt"),
-                                 self._length(w.output, "output", "workload.output"), w.duration_s,
+        return SyntheticWorkload(arr, self.length_dist(w.prompt, "prompt", "workload.prompt"),
+                                 self.length_dist(w.output, "output", "workload.output"), w.duration_s,
                                  [Burst(b.start_s, b.duration_s, b.rate_per_s) for b in w.bursts],
                                  w.max_requests).generate(self.sc.seed)
 

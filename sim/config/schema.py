@@ -343,7 +343,7 @@ class Scenario(_Strict):
         return self
 
 
-def _format(path: Path, e: ValidationError, root: type[BaseModel] | None = None) -> str:
+def format_validation_error(path: Path, e: ValidationError, root: type[BaseModel] | None = None) -> str:
     """One line for the first validation error: ``file: field.path: problem`` (``root``: the schema the
     file was validated against, for the allowed keys; default `Scenario`)."""
     return format_error(path, e, root or Scenario)

@@ -68,7 +68,7 @@ class OutputLengths:
 
     @staticmethod
     def _max_tokens(req: "Request") -> int | None:
-        return getattr(req, "max_tokens", None)
+        return req.max_tokens
 
     def total(self, req: "Request") -> int:
         """A cap on the request's output: its max_tokens, else the q-quantile of the distribution."""

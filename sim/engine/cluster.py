@@ -4,8 +4,8 @@ has one GPU, or ``tensor_parallel_size`` x ``pipeline_parallel_size`` consecutiv
 settings); instances are aligned to the PCIe switches (a tensor-parallel group fills whole switches, or
 several groups share one) and a tensor-parallel group stays inside one node.
 
-The router sends each request to a serving unit: a GPU's own instance, or a unit an overload handler
-formed over several GPUs (a KunServe pipelined group, `ServingUnit`). Round-robin picks a GPU and sends to
+The router sends each request to a serving unit: an instance, or a unit an overload handler formed over
+several instances (a KunServe pipelined group, `ServingUnit`). Round-robin picks an instance and sends to
 its unit; least-loaded picks the unit with the least KV demand relative to its capacity, in O(units) per
 request (demand is kept as counters). Overload handlers (`sim.engine.handler`) act on the cluster through
 `set_unit`, `mark` and `count`, and on its instances through their engine hooks.
@@ -194,7 +194,7 @@ class Cluster:
 
     # --- serving units and routing ----------------------------------------------------------------------
     def units(self) -> list[ServingUnit]:
-        """Distinct serving units in GPU order."""
+        """Distinct serving units in instance order."""
         return self._units
 
     def set_unit(self, instances: Iterable[int], unit: ServingUnit | None) -> None:

@@ -5,6 +5,7 @@ files written whole or not at all.
   output folder stays under ``reports/``.
 - `prepare_out_dir`: refuses a non-empty folder unless forced (`OutputExists`), creates the folder and
   proves it writable (`OutputError`) -- before a simulation, so a bad ``--out`` costs no work.
+- `out_dir_refused`: what a command prints and returns when `prepare_out_dir` refuses its ``--out``.
 - `write_atomic`: each file goes to a temporary name in the same folder and is renamed over the target
   only when complete; an interrupted or failed write leaves no truncated file, and the error names the file.
 - `IncompleteMarker`: an ``INCOMPLETE`` file that exists while a folder is being written and stays, saying
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -37,6 +39,19 @@ class OutputExists(ValueError):
 
     def __init__(self, msg: str) -> None:
         super().__init__(one_line(msg))
+
+
+FORCE_HINT = "use --force to replace its files, or another --out"
+
+
+def out_dir_refused(e: OutputError | OutputExists, hint: str = FORCE_HINT) -> int:
+    """Print to stderr why ``--out`` cannot be used and return the command's exit status: 2 for a folder
+    holding earlier results (with ``hint``: how to proceed), 1 for one that cannot be written."""
+    if isinstance(e, OutputExists):
+        print(f"{e}; {hint}", file=sys.stderr)
+        return 2
+    print(str(e), file=sys.stderr)
+    return 1
 
 
 def safe_name(name: str, default: str = "run", max_length: int = 80) -> str:

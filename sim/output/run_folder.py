@@ -71,7 +71,7 @@ def policy_metrics(run: "PolicyRun") -> dict[str, Any]:
 def build_summary(loaded: "LoadedScenario", runs: dict[str, "PolicyRun"], verdict: list[str],
                   interrupted: bool = False) -> dict[str, Any]:
     pols = {name: policy_metrics(r) for name, r in runs.items()}
-    extra = {"input": loaded.input} if getattr(loaded, "input", None) else {}
+    extra = {"input": loaded.input} if loaded.input else {}
     return {**extra,
         "scenario": loaded.name,
         "seed": loaded.sc.seed,

@@ -21,7 +21,8 @@ from pathlib import Path
 from sim import __version__
 from sim.config.errors import one_line
 from sim.config.schema import ScenarioError
-from sim.output.files import OutputError, OutputExists, prepare_out_dir, remove_if_empty, safe_name, write_atomic
+from sim.output.files import (OutputError, OutputExists, out_dir_refused, prepare_out_dir, remove_if_empty,
+                              safe_name, write_atomic)
 from sim.output.interrupts import Interrupts
 from sim.planner import report, tables
 from sim.planner.capacity_search import CapacitySearch, SearchResult
@@ -128,16 +129,11 @@ def _main(argv: list[str] | None, sig: Interrupts) -> int:
     out = Path(args.out) if args.out else Path("reports") / f"{safe_name(plan.name, 'plan')}-plan"
     try:  # before any work: a bad --out costs nothing
         created = prepare_out_dir(out, force=args.force or args.resume)
-    except OutputExists as e:
-        print(f"{e}; --resume continues the plan there, --force starts it over, or use another --out",
-              file=sys.stderr)
-        return 2
-    except OutputError as e:
-        print(str(e), file=sys.stderr)
-        return 1
+    except (OutputExists, OutputError) as e:
+        return out_dir_refused(e, "--resume continues the plan there, --force starts it over, or use another --out")
     try:
         ex = make_executor(args.workers, args.ray)
-        workers = getattr(ex, "workers", 1)  # a Ray pool connects here, so a bad address fails before work
+        workers = ex.workers  # a Ray pool connects here, so a bad address fails before work
     except RuntimeError as e:
         if created:
             remove_if_empty(out)

@@ -26,7 +26,7 @@ from sim.config.schema import (
     Length,
     Limits,
     ScenarioError,
-    _format,
+    format_validation_error,
 )
 from sim.core.hardware import HardwareSpecError, get_hardware
 from sim.core.model import ModelSpec, ModelSpecError, get_model
@@ -219,5 +219,5 @@ def load_plan(path: str | Path) -> LoadedPlan:
     try:
         cfg = CapacityPlan.model_validate(data)
     except ValidationError as e:
-        raise ScenarioError(_format(path, e, CapacityPlan)) from None
+        raise ScenarioError(format_validation_error(path, e, CapacityPlan)) from None
     return LoadedPlan(path, cfg)

@@ -34,7 +34,7 @@ class KunServeParams:
     max_micro_batches: int | None = None  # lookahead tries 1..this many (default: group size; 2x if no overlap)
     overlap_steps: bool = True  # asynchronous pipeline (steps overlap); False: every step fills and drains
     token_budget: int | None = None  # group iteration token budget (default: engine budget x group size)
-    max_group: int | None = None
+    max_group: int | None = None  # most instances in one group (default: all of them)
     plan_headroom: float = 1.0  # groups cover this multiple of their demand (> 1: room for a growing burst)
     grow: bool = True  # an overloaded group grows or merges while the overload lasts (False: pairs stay pairs)
     host_copy: bool = True  # keep one copy of the layer weights in each node's host memory

@@ -39,8 +39,9 @@ def capacity_gain_tokens(g: int, num_layers: int, layer_bytes: float, kv_bytes_p
 class InstanceLoad:
     """One serving unit as the planner sees it: KV demand and capacity in blocks, its KV pool with all
     layers resident, whether it votes to drop, and its NVLink domain (node): groups never span domains.
-    A solo instance has ``id`` = its GPU; a pipelined group that may grow has ``id`` = its leader's GPU,
-    its GPUs in ``members`` and their solo KV pools in ``member_pools`` (``pool_bytes`` then unused)."""
+    A solo instance has ``id`` = its instance index; a pipelined group that may grow has ``id`` = its
+    leader's index, its member instances in ``members`` and their solo KV pools in ``member_pools``
+    (``pool_bytes`` then unused). An instance is one pipeline stage whatever its tensor-parallel degree."""
 
     id: int
     demand: int
@@ -56,7 +57,7 @@ class InstanceLoad:
         return self.demand - self.capacity
 
     @property
-    def gpus(self) -> tuple[int, ...]:
+    def instances(self) -> tuple[int, ...]:
         return self.members or (self.id,)
 
     @property
@@ -100,12 +101,12 @@ def drop_plan(loads: Sequence[InstanceLoad], num_layers: int, layer_bytes: float
     The most overloaded voter seeds a group and takes partners from the other end of the order (the most
     spare first) until the group's post-drop capacity covers ``headroom`` x the group's summed demand --
     so each group is the smallest that covers its seed, and a group that is still overloaded grows (takes
-    solo instances or merges with another group) to the size its demand needs, up to ``max_group`` GPUs.
-    A group acts only when at least half of its GPUs vote; a seed whose group would not (too few voters)
+    solo instances or merges with another group) to the size its demand needs, up to ``max_group``
+    instances. A group acts only when at least half of its instances vote; a seed whose group would not (too few voters)
     leaves its partners free for the next seed, and afterwards joins the accepted group (same domain) with
-    the most slack. Returns the groups as sorted tuples of unit ids (a solo instance: its GPU; a group:
-    its leader's GPU)."""
-    max_group = max_group or sum(len(x.gpus) for x in loads)
+    the most slack. Returns the groups as sorted tuples of unit ids (a solo instance: its index; a group:
+    its leader's index)."""
+    max_group = max_group or sum(len(x.instances) for x in loads)
     free = sorted(loads, key=lambda x: (-x.deficit, x.id))
     groups: list[list[InstanceLoad]] = []
     leftover: list[InstanceLoad] = []
@@ -118,7 +119,7 @@ def drop_plan(loads: Sequence[InstanceLoad], num_layers: int, layer_bytes: float
         return cap(members) - headroom * sum(x.demand for x in members)
 
     def size(members: list[InstanceLoad]) -> int:
-        return sum(len(x.gpus) for x in members)
+        return sum(len(x.instances) for x in members)
 
     while True:
         seed = next((x for x in free if x.vote), None)
@@ -129,20 +130,20 @@ def drop_plan(loads: Sequence[InstanceLoad], num_layers: int, layer_bytes: float
         spare = [x for x in free if x.domain == seed.domain]
         while spare and size(members) < max_group:
             nxt = spare.pop()  # the most spare unit left
-            if size(members) + len(nxt.gpus) > max_group:
+            if size(members) + len(nxt.instances) > max_group:
                 continue
             members.append(nxt)
             if slack(members) >= 0:
                 break
-        # a group acts when at least half its GPUs vote (a pipelined group votes with all its GPUs)
-        if len(members) > 1 and 2 * sum(len(x.gpus) for x in members if x.vote) >= size(members):
+        # a group acts when at least half its instances vote (a pipelined group votes with all of them)
+        if len(members) > 1 and 2 * sum(len(x.instances) for x in members if x.vote) >= size(members):
             groups.append(members)
             for x in members[1:]:
                 free.remove(x)
         else:
             leftover.append(seed)
     for x in leftover:
-        cands = [grp for grp in groups if grp[0].domain == x.domain and size(grp) + len(x.gpus) <= max_group]
+        cands = [grp for grp in groups if grp[0].domain == x.domain and size(grp) + len(x.instances) <= max_group]
         if cands:
             max(cands, key=lambda grp: slack(grp + [x])).append(x)
     return [tuple(sorted(x.id for x in grp)) for grp in groups]

@@ -1,6 +1,7 @@
-"""A KunServe group: g member GPUs that dropped their replicated layers and serve as one pipelined unit.
+"""A KunServe group: g member instances that dropped their replicated layers and serve as one pipelined
+unit (a tensor-parallel member is one stage over its ranks).
 
-How it sits in the engine (the least disruptive choice): the group's lowest GPU (the *leader*) keeps its
+How it sits in the engine (the least disruptive choice): the group's lowest instance (the *leader*) keeps its
 `Instance` run loop and its scheduler, which becomes the group's one scheduler (the members' queues are
 merged into it; its token budget and sequence limit scale by g); its block pool becomes the group's pool.
 the leader's instance hands its iterations to `PipelineGroup.execute` (its `IterationDelegate`), which times them as
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from sim.engine.scheduler import ScheduledBatch
 
 class PipelineGroup:
-    """``members`` in stage order (member r keeps slice r of `stage_slices`); default: by GPU. Members that
+    """``members`` in stage order (member r keeps slice r of `stage_slices`); default: by index. Members that
     serve in another group now (a group that grows or merges: `sources`) keep only that group's slice, so
     the order must give each a slice it holds (`drop_plan.assign_slices`)."""
 

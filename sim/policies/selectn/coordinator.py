@@ -1,5 +1,9 @@
 """Select-N's per-bus coordinator: the GPUs behind one upstream PCIe bus pick their intervals together.
 
+Members are instances, by index (`sim.engine.bus`): below, "GPU" is one member. A tensor-parallel
+instance copies on all its ranks under the switch at once, so its demand is the sum over its ranks
+(`SelectN` multiplies by ``bus.ranks``).
+
 Each GPU posts its candidate intervals for its next iteration. A candidate says how much weight it keeps in
 host memory, whether it uses the host link at all, and -- for every number m of GPUs copying over the bus
 at once -- whether it meets the GPU's SLO constraints and how many bytes/s it asks of the bus (its copy and
@@ -73,14 +77,14 @@ class BusCoordinator:
     def __init__(self, bus_bytes_per_s: float, shares: int) -> None:
         self.bus_bytes_per_s = bus_bytes_per_s
         self.shares = shares
-        self.members: set[int] = set()  # GPUs whose policies plan through this coordinator
+        self.members: set[int] = set()  # instances whose policies plan through this coordinator
         self.posted: dict[int, list[IntervalCandidate]] = {}
         self.last_choice: dict[int, int] = {}
         self.decisions = 0
         self.infeasible = 0
 
-    def join(self, gpu: int) -> None:
-        self.members.add(gpu)
+    def join(self, member: int) -> None:
+        self.members.add(member)
 
     def decide(self, gpu: int, cands: list[IntervalCandidate], others_idle: dict[int, IntervalCandidate],
                others_busy: dict[int, bool]) -> IntervalCandidate | None:
