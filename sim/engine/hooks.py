@@ -22,6 +22,7 @@ class HandlerHooks:
     gpus: tuple[int, ...]
     bm: BlockManager
     sched: Scheduler
+    reserved_blocks: int
     in_flight: bool
     ended: bool
     closed: bool
@@ -89,6 +90,23 @@ class HandlerHooks:
         req.preemptions += 1
         self.sched.preemptions += 1
         req.state = State.WAITING
+
+    def reserve_blocks(self, n: int, *, allocate: bool) -> None:
+        """Hold ``n`` KV blocks for a request moving between engines (owned by no queue here, but counted in
+        the invariants): ``allocate`` takes them from the free pool (the target of a copy); otherwise they
+        are a request's own, taken out with `take_running` (the source, until the copy ends)."""
+        if allocate:
+            self.bm.allocate(n)
+        self.reserved_blocks += n
+
+    def unreserve_blocks(self, n: int, *, free: bool) -> None:
+        """Stop holding ``n`` blocks: ``free`` returns them to the pool (the move ended at the source, or
+        was abandoned at the target); otherwise they pass to the request that now runs here
+        (`put_running`)."""
+        assert 0 <= n <= self.reserved_blocks, f"gpu{self.gpu}: unreserving {n} of {self.reserved_blocks} blocks"
+        self.reserved_blocks -= n
+        if free:
+            self.bm.release(n)
 
     def hold(self) -> None:
         """Keep this engine open (a peer may still hand it requests) even after its arrivals end."""

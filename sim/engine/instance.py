@@ -323,9 +323,7 @@ class Instance(HandlerHooks, InstanceObservation):
                 continue
             if self.debug_checks:
                 self.check_invariants()
-            used = self.gpu_memory_used()
-            if used > self.peak_gpu_bytes:
-                self.peak_gpu_bytes = used
+            self.note_gpu_bytes(self.gpu_memory_used())
             self.in_flight = True
             if self.delegate is not None:
                 timing = yield from self.delegate.execute(self, batch)

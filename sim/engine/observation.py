@@ -59,7 +59,23 @@ class InstanceObservation:
     samples: list[Sample]
     reserved_blocks: int
     delegate: IterationDelegate | None
+    peak_gpu_bytes: float
     _last_sample: float
+
+    # --- what a delegate reports for the members it serves for ------------------------------------------
+    def serve_in(self, delegate: IterationDelegate | None) -> None:
+        """From now on ``delegate`` times this instance's iterations and accounts for its memory and samples
+        (it serves in a multi-instance unit); None: it serves alone again."""
+        self.delegate = delegate
+
+    def note_gpu_bytes(self, used: float) -> None:
+        """GPU memory in use now, per GPU: raises the run's peak (``gpu_memory_peak_bytes``) if above it."""
+        if used > self.peak_gpu_bytes:
+            self.peak_gpu_bytes = used
+
+    def add_sample(self, row: Sample) -> None:
+        """Append one row to this instance's time series (``samples.csv``)."""
+        self.samples.append(row)
 
     def _record(self, batch: ScheduledBatch, tm: IterationTiming) -> None:
         tl = self.timeline
@@ -77,7 +93,7 @@ class InstanceObservation:
         if now - self._last_sample >= self.sample_interval_s:
             self._last_sample = now
             iteration_s = tm.end_s - tm.start_s
-            self.samples.append(self.sample(batch.shape, iteration_s))
+            self.add_sample(self.sample(batch.shape, iteration_s))
             if self.delegate is not None:
                 self.delegate.sample_followers(self, batch.shape, iteration_s)
 

@@ -102,8 +102,7 @@ class Migrate(OverloadHandler):
                     break
                 if not dst.bm.can_allocate(new):
                     break
-                dst.bm.allocate(new)
-                dst.reserved_blocks += new
+                dst.reserve_blocks(new, allocate=True)
                 reserved += new
                 yield c.peer_transfer(src, dst, new * bb, "migrate")
                 copied += new
@@ -115,9 +114,8 @@ class Migrate(OverloadHandler):
                     stopped.succeed(False)
                     return
                 src.take_running(req)  # stalls from here until the last blocks have moved
-                src.reserved_blocks += req.blocks
-                dst.bm.allocate(more)
-                dst.reserved_blocks += more
+                src.reserve_blocks(req.blocks, allocate=False)
+                dst.reserve_blocks(more, allocate=True)
                 stopped.succeed(True)
 
             src.at_boundary(stop)
@@ -126,9 +124,8 @@ class Migrate(OverloadHandler):
                 return
             reserved = req.blocks
             yield c.peer_transfer(src, dst, (req.blocks - copied) * bb, "migrate")
-            src.bm.release(req.blocks)
-            src.reserved_blocks -= req.blocks
-            dst.reserved_blocks -= req.blocks
+            src.unreserve_blocks(req.blocks, free=True)
+            dst.unreserve_blocks(req.blocks, free=False)  # they are the request's now
             reserved = 0
             dst.put_running(req, "decode")
             c.count("migrations")
@@ -136,8 +133,7 @@ class Migrate(OverloadHandler):
             src.wake()
         finally:
             if reserved:  # abandoned: give the target's reservation back
-                dst.bm.release(reserved)
-                dst.reserved_blocks -= reserved
+                dst.unreserve_blocks(reserved, free=True)
             self.inflight[src.index] -= 1
             self.moving.discard(req.id)
             src.release()

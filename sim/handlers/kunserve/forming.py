@@ -62,7 +62,7 @@ def _form(grp: PipelineGroup) -> None:
         lay = m.layout
         grp.weights[r] = lay.non_layer_bytes + grp.n[r] * grp.lb
         grp.pool[r] = lay.usable_bytes - grp.weights[r] - lay.staging_bytes - lay.workspace_bytes
-        m.delegate = grp
+        m.serve_in(grp)
         if m is not lead:
             m.bm.resize(0)  # its pool is part of the group's now
     for src in {id(x): x for x in grp.sources.values()}.values():

@@ -197,9 +197,7 @@ class PipelineGroup:
             self.detail_left -= 1
         yield env.timeout(tm.step_s)
         for m in self.members:
-            used = self.gpu_bytes(m)
-            if used > m.peak_gpu_bytes:
-                m.peak_gpu_bytes = used
+            m.note_gpu_bytes(self.gpu_bytes(m))
         return IterationTiming(now, now + tm.step_s, now + tm.step_s)
 
     def boundary(self) -> simpy.Event:
@@ -227,7 +225,7 @@ class PipelineGroup:
         lead.bm.release(lead.bm.used)
         s.restore_limits()
         for m in self.members:
-            m.delegate = None
+            m.serve_in(None)
             m.bm.resize(m.layout.kv_blocks)
         for req, kind, home in self.converted.values():
             m = self.members[home]
@@ -264,7 +262,7 @@ class PipelineGroup:
     def sample_followers(self, lead: "Instance", shape: Any, iteration_s: float) -> None:
         for m in self.members:
             if m is not lead:
-                m.samples.append(self.sample_row(m, shape, iteration_s))
+                m.add_sample(self.sample_row(m, shape, iteration_s))
 
     def layers_covered(self) -> bool:
         return set().union(*self.held) == set(range(self.L))
