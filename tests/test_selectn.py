@@ -262,3 +262,27 @@ def test_staging_in_pieces_is_checked_against_the_record(tmp_path):
         make_policy("selectn", record=str(path), staging_chunks=4).setup(ctx)
     with pytest.raises(ValueError, match=r"staging_slots in \[1, staging_chunks\]"):
         make_policy("selectn", staging_chunks=2, staging_slots=3)
+
+
+def test_the_ttft_budget_is_the_tightest_deadline_over_the_chunks_left():
+    """By hand: a 1000-token prompt with 256 computed, chunks of 256, arrived at 0 with a 2 s TTFT SLO,
+    needs ceil(744/256) = 3 more iterations; at t = 0.5 that leaves 1.5 s / 3 = 0.5 s per iteration. A
+    600-token prompt arrived at 0.2 (SLO 1 s) ends with this 600-token chunk: 0.7 s. A request without a
+    TTFT SLO, or whose first token is out, sets no budget."""
+    from types import SimpleNamespace
+
+    from sim.policies.selectn.state import ttft_budget_s
+
+    a = Request(0, 0.0, 1000, 10, ttft_slo_s=2.0)
+    a.computed = 256
+    b = Request(1, 0.2, 600, 10, ttft_slo_s=1.0)
+    free = Request(2, 0.0, 50, 10)
+    assert ttft_budget_s(SimpleNamespace(prefill=[(a, 256)]), 0.5) == pytest.approx(0.5)
+    assert ttft_budget_s(SimpleNamespace(prefill=[(a, 256), (b, 600), (free, 50)]), 0.5) == pytest.approx(0.5)
+    assert ttft_budget_s(SimpleNamespace(prefill=[(b, 600)]), 0.5) == pytest.approx(0.7)
+    assert ttft_budget_s(SimpleNamespace(prefill=[(free, 50)]), 0.5) == float("inf")
+    assert ttft_budget_s(None, 0.5) == float("inf")
+    a.first_token_s = 0.4
+    assert ttft_budget_s(SimpleNamespace(prefill=[(a, 256)]), 0.5) == float("inf")
+    shape = BatchShape.build(prefill=[(300, 0)], decode=[40, 60])
+    assert shape.decode_part() == BatchShape.decode_batch(2, 50)

@@ -66,6 +66,11 @@ class BatchShape:
             dc += ctx
         return cls(pt, ps, pairs, kv, dt, dc)
 
+    def decode_part(self) -> "BatchShape":
+        """This batch without its prefill chunks: the decode tokens alone (what the next iteration runs
+        when no new prompt arrives)."""
+        return BatchShape(0, 0, 0.0, 0, self.decode_tokens, self.decode_ctx_sum)
+
     @classmethod
     def prefill_batch(cls, batch: int, seq_len: int) -> "BatchShape":
         """``batch`` fresh prompts of ``seq_len`` tokens each."""

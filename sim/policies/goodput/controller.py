@@ -51,7 +51,7 @@ from sim.engine.view import EngineView
 from sim.policies.goodput.forecast import release_schedule, start_times
 from sim.policies.selectn.controller import SelectN
 from sim.policies.selectn.coordinator import bus_others
-from sim.policies.selectn.state import INF
+from sim.policies.selectn.state import INF, ttft_budget_s
 
 if TYPE_CHECKING:
     from sim.core.request import Request
@@ -110,19 +110,12 @@ class Goodput(SelectN):
         if slack:
             sl, R = np.array(slack), np.array(rem, dtype=float)
             if shape.prefill_tokens and shape.decode_tokens:
-                dec = BatchShape(0, 0, 0.0, 0, shape.decode_tokens, shape.decode_ctx_sum)
-                Td = self._predict(dec)[s]
+                Td = self._predict(shape.decode_part())[s]
             else:
                 Td = T[s]
             worst = np.max(T[s][:, None] + Td[:, None] * (R[None, :] - 1) - sl[None, :], axis=1)
             V = np.maximum(V, worst + S[s])
-        batch = view.current_batch
-        budget = INF
-        for req, chunk in (batch.prefill if batch is not None else ()):
-            left = req.num_tokens - req.computed
-            if req.ttft_slo_s < INF and req.first_token_s is None:
-                iters = max(1, math.ceil(left / max(chunk, 1))) if left > chunk else 1
-                budget = min(budget, (req.arrival_s + req.ttft_slo_s - now) / iters)
+        budget = ttft_budget_s(view.current_batch, now)
         if budget < INF:
             V = np.maximum(V, T[s] + S[s] - budget)
         return V
@@ -188,8 +181,7 @@ class Goodput(SelectN):
         # for the arrival forecast: the largest pool a plan meeting every budget gives, and a decode step
         self._best_pool = int(self.blocks[ok].max()) if ok.any() else int(self.blocks[j])
         if shape.prefill_tokens and shape.decode_tokens:
-            dec = BatchShape(0, 0, 0.0, 0, shape.decode_tokens, shape.decode_ctx_sum)
-            self._decode_s = float(self._predict(dec)[s, j])
+            self._decode_s = float(self._predict(shape.decode_part())[s, j])
         elif shape.decode_tokens:
             self._decode_s = float(T[s, j])
         self._expect_iteration(view.step, new, s, shape, bool(n_prom[j] or swap))
@@ -233,8 +225,7 @@ class Goodput(SelectN):
         if base + needs[0] + wm <= self.blocks[j_base]:
             return None  # the base plan admits the head: memory is not what blocks it
         # waiting: start when the running requests free their KV (expected lengths), at the base plan
-        dec = BatchShape(0, 0, 0.0, 0, shape.decode_tokens, shape.decode_ctx_sum)
-        step_s = float(self._predict(dec)[s, j_base]) if shape.decode_tokens else 0.0
+        step_s = float(self._predict(shape.decode_part())[s, j_base]) if shape.decode_tokens else 0.0
         times, cum = self._release(view, now, step_s, None)
         free = int(self.blocks[j_base]) - base - wm
         wait = start_times(needs, self._hold_s(heads, step_s), free, times, cum, now)

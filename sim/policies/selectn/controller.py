@@ -37,8 +37,6 @@ Admission: `admission.SelectNAdmission`; state, predictions and memory checks: `
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from sim.core.batch import BatchShape
@@ -46,7 +44,7 @@ from sim.core.offload_plan import OffloadPlan
 from sim.engine.view import EngineView
 from sim.policies.selectn.admission import SelectNAdmission
 from sim.policies.selectn.coordinator import IntervalCandidate, bus_others, idle_candidate, solo_peer
-from sim.policies.selectn.state import INF
+from sim.policies.selectn.state import INF, ttft_budget_s
 
 
 class SelectN(SelectNAdmission):
@@ -160,13 +158,10 @@ class SelectN(SelectNAdmission):
             return V
         # a prefill iteration: TTFT budgets of the prefilling requests
         batch = view.current_batch
-        budget = INF
+        budget = ttft_budget_s(batch, now)
         tpot_next, rem_next = INF, INF
         for req, chunk in (batch.prefill if batch is not None else ()):
             left = req.num_tokens - req.computed
-            if req.ttft_slo_s < INF and req.first_token_s is None:
-                iters = max(1, math.ceil(left / max(chunk, 1))) if left > chunk else 1
-                budget = min(budget, (req.arrival_s + req.ttft_slo_s - now) / iters)
             # it decodes next unless it may end with this token (its own length is not known: the
             # distribution's low quantile of what remains amortises the way back)
             if left <= chunk and req.tpot_slo_s < INF and self.lengths.may_continue(req, req.generated + 1):

@@ -4,6 +4,7 @@ statistics of what ran. `admission.SelectNAdmission` adds the admission check on
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -19,8 +20,22 @@ from sim.policies.selectn.performance_record import PerformanceRecord, efficient
 
 if TYPE_CHECKING:
     from sim.core.request import Request
+    from sim.engine.scheduler import ScheduledBatch
 
 INF = float("inf")
+
+
+def ttft_budget_s(batch: "ScheduledBatch | None", now: float) -> float:
+    """Seconds per iteration that the tightest first-token deadline among ``batch``'s prefilling requests
+    leaves: time to its deadline over the iterations its prompt still needs at its chunk (INF: no such
+    request has a TTFT SLO)."""
+    budget = INF
+    for req, chunk in (batch.prefill if batch is not None else ()):
+        left = req.num_tokens - req.computed
+        if req.ttft_slo_s < INF and req.first_token_s is None:
+            iters = max(1, math.ceil(left / max(chunk, 1))) if left > chunk else 1
+            budget = min(budget, (req.arrival_s + req.ttft_slo_s - now) / iters)
+    return budget
 
 
 class SelectNState(OffloadPolicy):
