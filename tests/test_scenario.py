@@ -140,5 +140,6 @@ def test_readme_scenario_tour_is_a_valid_scenario(tmp_path):
     assert d["hardware"].pop("profile")  # a calibration profile the tour only names
     (tmp_path / "tour.yaml").write_text(yaml.safe_dump(d))
     sc = load_scenario(tmp_path / "tour.yaml")
-    assert [c.name for c in sc.sc.compare] == ["none", "swap", "selectn-i16", "uva-2g", "deepspeed"]
+    assert [c.name for c in sc.sc.compare] == ["none", "swap", "selectn-i16", "uva-2g", "deepspeed", "kunserve-pairs"]
+    assert sc.sc.compare[-1].handler_params == {"grow": False}
     assert sc.hardware.host_memory_bytes == 256 * 2**30 and sc.slo.tpot_s == 0.1
