@@ -5,109 +5,32 @@ resizes the KV pool), the executor times the forward pass -- in closed form when
 private for the iteration, with events on the shared fabric otherwise -- and the scheduler applies the
 outcome at the iteration's end.
 
-Policies see an instance through its `InstanceView` (`sim.engine.view.EngineView`). Overload handlers use
+Policies see an instance through its `InstanceView` (`sim.engine.instance_view`, an
+`sim.engine.view.EngineView`). Overload handlers use
 its engine hooks (`sim.engine.hooks`) and may give it a delegate (`IterationDelegate`) that times its
 iterations while the GPU serves in a multi-GPU unit.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Generator, Mapping, Sequence
+from typing import Callable, Generator
 
 import simpy
 
-from sim.core.model import ModelSpec
 from sim.core.offload_plan import OffloadPlan
 from sim.core.request import Request
 from sim.core.timeline import Timeline
 from sim.engine.hooks import HandlerHooks
+from sim.engine.instance_view import InstanceView
 from sim.engine.iteration import IterationTiming, compile_copies, run_closed_form, run_events
 from sim.engine.kv import BlockManager
 from sim.engine.link import Fabric, HostMemory
-from sim.engine.memory import EngineConfig, MemoryLayout
+from sim.engine.memory import MemoryLayout
 from sim.engine.observation import InstanceObservation, IterationDelegate
 from sim.engine.policy import InstanceContext, OffloadPolicy
 from sim.engine.record_error import RecordError
 from sim.engine.sample import Sample
 from sim.engine.scheduler import ScheduledBatch, Scheduler
-
-
-class InstanceView:
-    """The `sim.engine.view.EngineView` of an instance: what its policy and its bus peers may see."""
-
-    __slots__ = ("_inst",)
-
-    def __init__(self, inst: "Instance") -> None:
-        self._inst = inst
-
-    @property
-    def gpu(self) -> int:
-        return self._inst.gpu
-
-    @property
-    def model(self) -> ModelSpec:
-        return self._inst.ctx.model
-
-    @property
-    def config(self) -> EngineConfig:
-        return self._inst.ctx.engine
-
-    @property
-    def plan(self) -> OffloadPlan:
-        return self._inst.plan
-
-    @property
-    def step(self) -> int:
-        return self._inst.sched.k
-
-    @property
-    def now(self) -> float:
-        return self._inst.env.now
-
-    @property
-    def current_batch(self) -> ScheduledBatch | None:
-        return self._inst.current_batch
-
-    @property
-    def waiting(self) -> Sequence[Request]:
-        return self._inst.sched.waiting
-
-    @property
-    def prefilling(self) -> Sequence[Request]:
-        return self._inst.sched.prefilling
-
-    @property
-    def decoding(self) -> Mapping[int, Request]:
-        return self._inst.sched.decoding
-
-    @property
-    def kv_used_blocks(self) -> int:
-        return self._inst.bm.used
-
-    @property
-    def kv_total_blocks(self) -> int:
-        return self._inst.bm.num_blocks
-
-    def in_flight(self) -> bool:
-        return self._inst.sched.in_flight()
-
-    def decode_ctx_sum(self) -> int:
-        return self._inst.sched.decode_ctx_sum()
-
-    def generated_now(self, req: Request) -> int:
-        return self._inst.sched.generated_now(req)
-
-    def decodes_needing_block(self, step: int) -> int:
-        return self._inst.sched.decodes_needing_block(step)
-
-    def wake(self) -> None:
-        self._inst.wake()
-
-    def wake_at(self, time_s: float) -> None:
-        self._inst.wake_at(time_s)
-
-    def request_plan(self, plan: OffloadPlan) -> bool:
-        return self._inst.request_plan(plan)
 
 
 class Instance(HandlerHooks, InstanceObservation):

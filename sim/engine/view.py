@@ -3,7 +3,7 @@
 The view is read-only except for three requests a policy may make: wake the instance now, wake it at a
 later time (to retry a queue it held back), and switch to another plan before the next iteration (a policy
 that decides its plan from the first request it sees). Everything else a policy knows comes from its
-`sim.engine.policy.InstanceContext`. The instance implements the view (`sim.engine.instance.InstanceView`);
+`sim.engine.policy.InstanceContext`. The instance implements the view (`sim.engine.instance_view.InstanceView`);
 tests may implement it with a stub.
 """
 
@@ -23,7 +23,15 @@ class EngineView(Protocol):
     """One instance's state as its policy and its bus peers see it."""
 
     @property
-    def gpu(self) -> int: ...
+    def gpu(self) -> int:
+        """The instance's first GPU: its name in timelines and messages (``gpu3``)."""
+        ...
+
+    @property
+    def index(self) -> int:
+        """The instance's index in the cluster (its id on the bus and in `Request.instance`); equal to
+        `gpu` only without tensor or pipeline parallelism."""
+        ...
 
     @property
     def model(self) -> "ModelSpec":
