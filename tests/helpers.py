@@ -14,6 +14,20 @@ from sim.engine.bus import Bus
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+# a small valid scenario (one A10, 5 s of Poisson arrivals); tests derive bad inputs from it
+GOOD = """\
+model: llama-2-7b
+hardware: {gpu: a10}
+slo: {ttft_s: 5, tpot_s: 0.2}
+workload:
+  duration_s: 5
+  arrivals: {kind: poisson, rate_per_s: 1}
+  prompt: {kind: fixed, value: 100}
+  output: {kind: fixed, value: 10}
+compare:
+  - {name: none, policy: none}
+"""
+
 
 def shared_dir() -> Path:
     """The project's shared data folder: $MEMSLO_SHARED, or ../shared beside the checkout (CI), or two up

@@ -18,20 +18,7 @@ import yaml
 from sim.config.errors import short
 from sim.engine.metrics import reason_kind
 
-from .helpers import REPO
-
-GOOD = """\
-model: llama-2-7b
-hardware: {gpu: a10}
-slo: {ttft_s: 5, tpot_s: 0.2}
-workload:
-  duration_s: 5
-  arrivals: {kind: poisson, rate_per_s: 1}
-  prompt: {kind: fixed, value: 100}
-  output: {kind: fixed, value: 10}
-compare:
-  - {name: none, policy: none}
-"""
+from .helpers import GOOD, REPO
 
 TRACE_SCENARIO = """\
 model: llama-2-7b

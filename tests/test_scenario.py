@@ -12,20 +12,7 @@ from sim.core.hardware import get_hardware
 from sim.core.model import get_model
 from sim.cost.roofline import RooflineCostModel
 
-from .helpers import FIXTURES, run_cli
-
-GOOD = """\
-model: llama-2-7b
-hardware: {gpu: a10}
-slo: {ttft_s: 5, tpot_s: 0.2}
-workload:
-  duration_s: 5
-  arrivals: {kind: poisson, rate_per_s: 1}
-  prompt: {kind: fixed, value: 100}
-  output: {kind: fixed, value: 10}
-compare:
-  - {name: none, policy: none}
-"""
+from .helpers import FIXTURES, GOOD, run_cli
 
 TRACE = """\
 model: llama-2-7b
