@@ -17,9 +17,10 @@ import yaml
 
 from sim.config.errors import ScenarioError
 from sim.config.schema import BatchArrivals
+from sim.core.units import MiB
 from sim.core.workload import RequestSet
 
-MAX_FILE_BYTES = 10 * 2**20  # a scenario or plan file: 10 MiB of YAML is far beyond any real one
+MAX_FILE_BYTES = 10 * MiB  # a scenario or plan file: 10 MiB of YAML is far beyond any real one
 MAX_VALUES = 100_000  # values after expanding aliases
 MAX_DEPTH = 64  # nesting levels
 
@@ -35,8 +36,8 @@ def read_yaml_mapping(path: Path, kind: str = "scenario") -> dict[str, Any]:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise ScenarioError(f"{path.name}: {size / 2**20:.0f} MiB; a {kind} file is at most "
-                                f"{MAX_FILE_BYTES // 2**20} MiB of YAML")
+            raise ScenarioError(f"{path.name}: {size / MiB:.0f} MiB; a {kind} file is at most "
+                                f"{MAX_FILE_BYTES // MiB} MiB of YAML")
         raw = path.read_bytes()
     except OSError as e:
         raise ScenarioError(f"{path}: cannot read the {kind} file: {e.strerror or e}") from None

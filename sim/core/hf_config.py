@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MAX_CONFIG_BYTES = 4 * 2**20  # a Hugging Face config.json is a few KB
+from sim.core.units import MiB
+
+MAX_CONFIG_BYTES = 4 * MiB  # a Hugging Face config.json is a few KB
 
 
 class ModelSpecError(ValueError):
@@ -177,7 +179,7 @@ def read_hf_config(path: str | Path) -> tuple[str, int, dict]:
     path = Path(path)
     try:
         if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ModelSpecError(f"{path}: over {MAX_CONFIG_BYTES // 2**20} MiB; not a model config.json")
+            raise ModelSpecError(f"{path}: over {MAX_CONFIG_BYTES // MiB} MiB; not a model config.json")
         cfg = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelSpecError(f"{path}: model config file not found") from None

@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from sim.core.units import GiB
+
 
 class WorkloadError(ValueError):
     """A trace or distribution that cannot produce requests."""
@@ -26,7 +28,7 @@ TRACE_LAYOUTS = {
     "azure-original": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
     "burstgpt": ("Timestamp", "Request tokens", "Response tokens"),
 }
-MAX_TRACE_BYTES = 4 * 2**30
+MAX_TRACE_BYTES = 4 * GiB
 MAX_TRACE_TOKENS = 1 << 24  # per prompt or output: beyond any model's context
 
 
@@ -71,7 +73,7 @@ def read_trace(path: str | Path, on_bad_rows: Literal["error", "drop"] = "error"
         raise WorkloadError(f"{path}: is a folder, not a trace CSV")
     try:
         if path.stat().st_size > MAX_TRACE_BYTES:
-            raise WorkloadError(f"{path}: over {MAX_TRACE_BYTES // 2**30} GiB; cut the trace to the window you replay")
+            raise WorkloadError(f"{path}: over {MAX_TRACE_BYTES // GiB} GiB; cut the trace to the window you replay")
         df = pd.read_csv(path)
     except (ValueError, UnicodeDecodeError, OSError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
         if isinstance(e, WorkloadError):
